@@ -1,0 +1,1 @@
+"""Chaos: the seeded fault plan and its profiles."""

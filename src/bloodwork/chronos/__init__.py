@@ -1,0 +1,1 @@
+"""Chronos: what happened, durably and verifiably (journal, traces, context store, manifest)."""

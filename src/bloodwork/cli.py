@@ -1,0 +1,296 @@
+"""`bloodwork ...`: the command line. User mistakes end in one red line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bloodwork import isa
+from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
+from bloodwork.chronos.files import read_jsonl
+from bloodwork.chronos.journal import verify as verify_journal
+from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.kernel import Kernel, KernelConfig, KernelCrash, KernelError, RunResult
+from bloodwork.oracles.base import OracleConfigError
+from bloodwork.oracles.registry import make_oracle
+from bloodwork.tasks.base import TaskError
+from bloodwork.tasks.registry import list_tasks, load_task
+
+app = typer.Typer(help="Run long-horizon LLM agents under seeded chaos and harvest what went wrong.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+tasks_app = typer.Typer(help="Built-in and user tasks.", no_args_is_help=True)
+isa_app = typer.Typer(help="The syscall frame the model must emit.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(isa_app, name="isa")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError)
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: one line, exit 2."""
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _progress(total: int, label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                    TimeElapsedColumn(), console=err_console, transient=False)
+
+
+def _drive(kernel: Kernel) -> RunResult:
+    total = kernel.config.max_ticks
+    with _progress(total, kernel.manifest.run_id[:40]) as progress:
+        bar = progress.add_task("", total=total, completed=kernel.R.tick)
+        traps: Counter[str] = Counter()
+
+        def on_tick(info: dict[str, Any]) -> None:
+            traps.update(info["traps"])
+            shown = " ".join(f"{k}:{v}" for k, v in traps.most_common(3))
+            progress.update(bar, completed=info["tick"] + 1,
+                            description=f"panics {kernel.R.panics} budget {kernel.R.panic_budget_left} {shown}")
+
+        kernel.on_tick = on_tick
+        return kernel.run()
+
+
+def _print_result(result: RunResult) -> None:
+    console.print(f"run [bold]{result.run_id}[/bold]: status [bold]{result.status.value}[/bold] after "
+                  f"{result.ticks} ticks" + (f", cause of death {result.cause_of_death}" if result.cause_of_death else ""))
+    if result.verifier:
+        console.print(f"verifier: {result.verifier.get('summary')}")
+    console.print(f"files: {result.run_dir}")
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Argument(help="Built-in task id (see `bloodwork tasks list`) or a task folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model spec, e.g. local:smollm2, scripted:FILE.")] =
+    "local:smollm2",
+    ticks: Annotated[int, typer.Option("--ticks", "-n", help="Maximum ticks.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the fault plan and the model's sampling.")] = 0,
+    panic_budget: Annotated[int, typer.Option(help="Panics before the run dies.")] = 3,
+    out: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
+    run_id: Annotated[str | None, typer.Option(help="Name of the run directory (default: generated).")] = None,
+    chaos: Annotated[str, typer.Option(help="Chaos profile: off, default, heavy, or a YAML file.")] = "off",
+    rate: Annotated[list[str] | None, typer.Option(help="Override one chaos rate, KIND=RATE (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Context policy: pinned, window, masked, unbounded.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Context budget in tokens.")] = None,
+) -> None:
+    """Run TASK with MODEL until it halts, dies or runs out of ticks.
+
+    Example: bloodwork run long-haul/ledger --model scripted:expert.py --ticks 60 --chaos default --seed 7
+    """
+    try:
+        cfg = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=policy, budget=budget)
+        profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
+        the_task = load_task(task)
+        oracle = make_oracle(model, seed=seed)
+        if not _writable(out):
+            raise UserError(f"output folder {out} is not writable")
+        kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
+                               command_line=["bloodwork", *sys.argv[1:]], model_options={"seed": seed})
+    except (UserError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    try:
+        result = _drive(kernel)
+    except KernelCrash as err:
+        fail(str(err), code=3)
+    _print_result(result)
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".bloodwork-write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _kernel_config(path: Path | None, **overrides: Any) -> KernelConfig:
+    import os
+
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: a kernel config must be a mapping")
+    for key, var in (("max_ticks", "BLOODWORK_TICKS"), ("panic_budget", "BLOODWORK_PANIC_BUDGET")):
+        if var in os.environ:
+            data[key] = os.environ[var]
+    data["max_ticks"] = overrides["ticks"]
+    data["panic_budget"] = overrides["panic_budget"]
+    ctx = dict(data.get("context") or {})
+    if overrides.get("policy"):
+        ctx["policy"] = overrides["policy"]
+    if overrides.get("budget"):
+        ctx["budget_tokens"] = overrides["budget"]
+    data["context"] = ctx
+    return KernelConfig.model_validate(data)
+
+
+def _parse_rates(items: list[str]) -> dict[str, float]:
+    rates = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--rate expects KIND=RATE, got {item!r}")
+        try:
+            rates[kind.strip()] = float(value)
+        except ValueError as err:
+            raise UserError(f"--rate {item!r}: {value!r} is not a number") from err
+    return rates
+
+
+def _load_run(run_dir: Path) -> tuple[RunPaths, RunManifest]:
+    paths = RunPaths(run_dir)
+    if not paths.manifest.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no run.json)")
+    return paths, RunManifest.load(paths)
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")]) -> None:
+    """Continue an interrupted or killed run from its last committed tick.
+
+    Example: bloodwork resume runs/long-haul-ledger-scripted-s0-20261127-101500-ab12
+    """
+    try:
+        _, manifest = _load_run(run_dir)
+        task = load_task(manifest.task)
+        oracle = make_oracle(manifest.model, **manifest.oracle.get("options", {}))
+        kernel = Kernel.resume(run_dir, task, oracle)
+    except (UserError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    try:
+        result = _drive(kernel)
+    except KernelCrash as err:
+        fail(str(err), code=3)
+    _print_result(result)
+
+
+@app.command()
+def verify(run_dir: Annotated[Path, typer.Argument(help="The run directory whose journal to check.")]) -> None:
+    """Check the journal's hash chain. Exit 1 at the first bad line; a torn last line is only reported.
+
+    Example: bloodwork verify runs/my-run
+    """
+    paths = RunPaths(run_dir)
+    if not paths.journal.is_file():
+        fail(f"{run_dir} has no .journal.log")
+    report = verify_journal(paths.journal)
+    if report.torn_tail:
+        console.print("note: the last line is torn (a crash mid-write); it is ignored")
+    if not report.ok:
+        err_console.print(f"[red]journal broken[/red] at seq {report.first_bad_seq} (line {report.first_bad_line}): "
+                          f"{report.reason}")
+        raise typer.Exit(1)
+    console.print(f"journal ok: {report.events} events, head {report.last_hash[:16]}")
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory.")],
+    last: Annotated[int, typer.Option(help="Show only the last N ticks (0 = all).")] = 0,
+) -> None:
+    """A readable timeline of a run: ticks, ops, traps, panics, recoveries, death.
+
+    Example: bloodwork show runs/my-run --last 40
+    """
+    try:
+        paths, manifest = _load_run(run_dir)
+    except (UserError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    from bloodwork.chronos.journal import iter_events
+
+    console.print(f"[bold]{manifest.run_id}[/bold]  task {manifest.task}  model {manifest.model} "
+                  f"({manifest.provenance.value})  seed {manifest.seed}  chaos {manifest.chaos.get('name')}  "
+                  f"sandbox {manifest.sandbox.get('kind')}")
+    table = Table(show_lines=False, pad_edge=False)
+    for col in ("tick", "event", "detail"):
+        table.add_column(col)
+    events = list(iter_events(paths.journal))
+    if last:
+        first_tick = max(0, manifest.ticks - last)
+        events = [e for e in events if e.tick >= first_tick]
+    styles = {"trap": "yellow", "panic": "bold red", "death": "bold white on red", "recovery": "green",
+              "chaos": "magenta", "halt": "bold green"}
+    for e in events:
+        if e.kind == "tick":
+            detail = f"{e.data.get('op') or '-'}" + ("" if e.data.get("strict_ok") else
+                                                     f"  [{e.data.get('violation') or 'oracle error'}]")
+        elif e.kind == "trap":
+            detail = f"{e.data['kind']}{' (injected)' if e.data.get('injected') else ''}: {e.data['detail'][:90]}"
+        elif e.kind == "evict":
+            detail = f"{e.data['section']} of tick {e.data['tick']} ({e.data['tokens']} tokens): {e.data['reason']}"
+        else:
+            detail = json.dumps(e.data)[:110]
+        table.add_row(str(e.tick), f"[{styles.get(e.kind, '')}]{e.kind}[/]" if e.kind in styles else e.kind, detail)
+    console.print(table)
+    console.print(f"status {manifest.status.value}, {manifest.ticks} ticks"
+                  + (f", cause of death {manifest.cause_of_death}" if manifest.cause_of_death else ""))
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the built-in tasks.
+
+    Example: bloodwork tasks list
+    """
+    table = Table("id", "kind", "synthetic", "verifier")
+    for task in list_tasks():
+        meta = task.metadata
+        table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")), str(meta.get("verifier", ""))[:60])
+    console.print(table)
+
+
+@isa_app.command("schema")
+def isa_schema() -> None:
+    """Print the frame's JSON Schema (generated from the code).
+
+    Example: bloodwork isa schema > frame.schema.json
+    """
+    print(json.dumps(isa.json_schema(), indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

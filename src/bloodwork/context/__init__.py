@@ -1,0 +1,1 @@
+"""Context: what the model sees each tick, within a token budget."""

@@ -1,0 +1,1 @@
+"""Evidence: what runs leave behind, turned into traces, journals and profiles."""

@@ -1,0 +1,471 @@
+"""The tick loop: observe, build context, ask, parse, guard, commit, account.
+
+The kernel owns all state; the model is a stateless transition function. A tick is committed whole
+or not at all: its trace, context and journal lines are appended first, the journal is fsynced, and
+the registers file is replaced atomically last. The registers hold the byte offsets of every
+committed file, so a resume truncates whatever an interrupted tick had begun (keeping those bytes in
+`recovered/`) and replays nothing twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from bloodwork.chaos.plan import ChaosProfile, FaultPlan
+from bloodwork.chronos.files import BlobStore, JsonlAppender, atomic_write, read_jsonl
+from bloodwork.chronos.journal import Journal
+from bloodwork.chronos.run import Provenance, RunManifest, RunPaths, RunStatus, git_sha, now_iso, versions
+from bloodwork.context.builder import ContextBuilder, HistoryEntry
+from bloodwork.isa import (
+    ISA_PROMPT,
+    Frame,
+    ParseResult,
+    SysEdit,
+    SysExec,
+    SysHalt,
+    SysRead,
+    SysWrite,
+    json_schema,
+    parse,
+)
+from bloodwork.kernel.config import KernelConfig
+from bloodwork.kernel.effects import Outcome, World, trap_outcome
+from bloodwork.kernel.traps import Detectors, TrapKind, digest, fingerprint
+from bloodwork.manifold.runner import CommandRunner
+from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
+from bloodwork.oracles.base import CallInfo, Completion, Oracle
+from bloodwork.tasks.base import Task
+
+CHAOS_TRAPS = {"exec_timeout": TrapKind.EXEC_TIMEOUT, "write_deny": TrapKind.IO_FAULT, "disk_full": TrapKind.IO_FAULT,
+               "log_flood": TrapKind.LOG_FLOOD, "oracle_error": TrapKind.ORACLE_FAULT,
+               "oracle_truncate": TrapKind.SCHEMA_VIOLATION}
+ACTION_SHOWN_CHARS = 1500
+
+
+class KernelError(Exception):
+    """A run cannot start or continue (bad run directory, finished run, ...)."""
+
+
+class KernelCrash(Exception):
+    """A kernel bug stopped the run; the journal and `crash.txt` say where."""
+
+
+class Streak(BaseModel):
+    first_tick: int
+    first_ts: float
+    traps: list[str] = Field(default_factory=list)
+
+
+class HistoryRef(BaseModel):
+    tick: int
+    obs: str
+    act: str
+    masked: bool = False
+
+
+class Registers(BaseModel):
+    """Everything the next tick needs, persisted atomically after each committed tick (small by design)."""
+
+    tick: int = 0
+    q: str = ""
+    d: str = "sys://start"
+    slice_id: str = ""
+    oracle_calls: int = 0
+    panic_budget_left: int
+    panics: int = 0
+    goal_in_history: bool = True
+    history: list[HistoryRef] = Field(default_factory=list)
+    streak: Streak | None = None
+    journal_offset: int = 0
+    journal_seq: int = 0
+    journal_prev: str = "0" * 64
+    trace_offset: int = 0
+    context_offset: int = 0
+    status: RunStatus = RunStatus.RUNNING
+    cause_of_death: str | None = None
+
+
+class RunResult(BaseModel):
+    run_id: str
+    run_dir: str
+    status: RunStatus
+    ticks: int
+    cause_of_death: str | None = None
+    verifier: dict[str, Any] | None = None
+
+
+def new_run_id(task_id: str, spec: str, seed: int) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in f"{task_id}-{spec.split(':')[0]}")[:48].strip("-")
+    return f"{slug}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class Kernel:
+    """One run: a task, an oracle, a run directory. `create` starts one, `resume` continues one."""
+
+    def __init__(self, paths: RunPaths, task: Task, oracle: Oracle, config: KernelConfig, manifest: RunManifest,
+                 registers: Registers, chaos: ChaosProfile) -> None:
+        self.paths = paths
+        self.task = task
+        self.oracle = oracle
+        self.config = config
+        self.manifest = manifest
+        self.R = registers
+        self.plan = FaultPlan(chaos, manifest.seed, manifest.run_id)
+        self.runner = CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits)
+        self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
+        self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
+        self.trace = JsonlAppender(paths.trace)
+        self.dirty = JsonlAppender(paths.dirty)
+        self.ctx_log = JsonlAppender(paths.context_ticks)
+        self.blobs = BlobStore(paths.blobs)
+        self.builder = ContextBuilder(config.context, oracle.tokenizer, ISA_PROMPT, task.goal)
+        self.detectors = Detectors(config.traps)
+        self.history: list[HistoryEntry] = []
+        self.schema = json_schema()
+        self._stop_reason: str | None = None
+        self.on_tick: Callable[[dict[str, Any]], None] | None = None
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, task: Task, oracle: Oracle, *, out_dir: Path, config: KernelConfig, seed: int,
+               chaos: ChaosProfile, run_id: str | None = None, command_line: list[str] | None = None,
+               model_options: dict[str, Any] | None = None) -> Kernel:
+        run_id = run_id or new_run_id(task.id, oracle.spec, seed)
+        paths = RunPaths(out_dir / run_id)
+        if paths.root.exists() and any(paths.root.iterdir()):
+            raise KernelError(f"{paths.root} exists already; choose another --run-id or resume it")
+        try:
+            paths.create()
+        except OSError as err:
+            raise KernelError(f"cannot create the run directory {paths.root}: {err.strerror}") from err
+        task.prepare(paths.workspace, seed)
+        manifest = RunManifest(run_id=run_id, task=task.id, task_meta=task.metadata, model=oracle.spec,
+                               provenance=Provenance(oracle.provenance), seed=seed, chaos=chaos.model_dump(),
+                               config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
+                               versions=versions(), git_sha=git_sha(), command_line=command_line or sys.argv,
+                               started_at=now_iso())
+        registers = Registers(panic_budget_left=config.panic_budget)
+        kernel = cls(paths, task, oracle, config, manifest, registers, chaos)
+        kernel.manifest.sandbox = kernel.runner.describe()
+        kernel.manifest.save(paths)
+        kernel.task.start(kernel.runner, seed=seed, resumed=False)
+        start_slice = kernel._start_slice()
+        kernel.R.slice_id = kernel.blobs.put(start_slice)
+        kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
+                                              "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
+                                              "panic_budget": config.panic_budget, "sandbox": kernel.runner.kind})
+        kernel._persist()
+        return kernel
+
+    @classmethod
+    def resume(cls, run_dir: Path, task: Task, oracle: Oracle) -> Kernel:
+        paths = RunPaths(run_dir)
+        if not paths.manifest.is_file() or not paths.registers.is_file():
+            raise KernelError(f"{run_dir} is not a bloodwork run directory")
+        manifest = RunManifest.load(paths)
+        registers = Registers.model_validate_json(paths.registers.read_text())
+        if registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+            raise KernelError(f"run {manifest.run_id} has ended ({registers.status.value}); nothing to resume")
+        recovered = cls._truncate_uncommitted(paths, registers)
+        config = KernelConfig.model_validate(manifest.config)
+        chaos = ChaosProfile.model_validate(manifest.chaos)
+        registers.status = RunStatus.RUNNING
+        kernel = cls(paths, task, oracle, config, manifest, registers, chaos)
+        for rec in read_jsonl(paths.trace):
+            kernel.detectors.replay_record(rec)
+        kernel.history = [HistoryEntry(tick=h.tick, observation=kernel.blobs.get(h.obs), action=kernel.blobs.get(h.act),
+                                       masked=h.masked) for h in registers.history]
+        manifest.resumes += 1
+        manifest.status = RunStatus.RUNNING
+        manifest.save(paths)
+        kernel.task.start(kernel.runner, seed=manifest.seed, resumed=True)
+        kernel.journal.stage(registers.tick, "resume", {"at_tick": registers.tick, "discarded_uncommitted": recovered,
+                                                         "resumes": manifest.resumes})
+        kernel._persist()
+        return kernel
+
+    @staticmethod
+    def _truncate_uncommitted(paths: RunPaths, R: Registers) -> dict[str, int]:
+        """Cut each committed file back to its recorded offset; keep the cut bytes as evidence."""
+        cut: dict[str, int] = {}
+        for path, offset in ((paths.journal, R.journal_offset), (paths.trace, R.trace_offset),
+                             (paths.context_ticks, R.context_offset)):
+            size = path.stat().st_size if path.exists() else 0
+            if size > offset:
+                paths.recovered.mkdir(exist_ok=True)
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    tail = fh.read()
+                (paths.recovered / f"{path.name}.{R.tick}.{int(time.time())}.uncommitted").write_bytes(tail)
+                with open(path, "r+b") as fh:
+                    fh.truncate(offset)
+                cut[path.name] = size - offset
+        return cut
+
+    def _start_slice(self) -> str:
+        listing = self.runner.run("find . -path ./.git -prune -o -type f -print | sort | head -100", 10).text
+        return f"Task started. Files in the workspace:\n{listing}"
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:
+            with suppress(ValueError):
+                signal.signal(sig, self._request_stop)
+        try:
+            while self.R.status == RunStatus.RUNNING:
+                if self._stop_reason:
+                    self._end(RunStatus.INTERRUPTED, None)
+                    break
+                if self.R.tick >= self.config.max_ticks:
+                    self._end(RunStatus.MAX_TICKS, None)
+                    break
+                self.step()
+        except Exception as err:
+            self._crash(err)
+            raise KernelCrash(f"kernel crashed at tick {self.R.tick}: {err!r}; see {self.paths.crash_report}") from err
+        finally:
+            for sig, handler in previous.items():
+                with suppress(ValueError, TypeError):
+                    signal.signal(sig, handler)
+            self._close()
+        return self.result()
+
+    def _request_stop(self, signum: int, _frame: Any) -> None:
+        self._stop_reason = signal.Signals(signum).name
+
+    def result(self) -> RunResult:
+        return RunResult(run_id=self.manifest.run_id, run_dir=str(self.paths.root), status=self.R.status,
+                         ticks=self.R.tick, cause_of_death=self.R.cause_of_death, verifier=self.manifest.verifier)
+
+    def _observe(self) -> str:
+        d = self.R.d
+        if d.startswith("sys://"):
+            return self.blobs.get(self.R.slice_id)
+        path, _, page = d.partition("#page=")
+        try:
+            return self.world.read_slice(path, int(page or 0))[0]
+        except (PageFault, PathEscape) as err:
+            return f"{d}: no longer readable ({err})"
+
+    def step(self) -> None:
+        R = self.R
+        tick = R.tick
+        started = time.perf_counter()
+        chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
+        slice_text = self._observe()
+        ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick)
+        call_index = R.oracle_calls
+        t_ask = time.perf_counter()
+        completion = self.oracle.complete(ctx.messages, self.schema, call=CallInfo(self.manifest.run_id, tick, call_index))
+        ask_s = time.perf_counter() - t_ask
+        verdict = parse(completion.text) if completion.error is None else None
+        self.dirty.append(self._dirty_record(tick, call_index, completion, verdict))
+        chaos += [{**i, "tick": tick, "target": "oracle", "injected": True} for i in completion.injected]
+
+        frame = verdict.accepted(self.config.parse_mode) if verdict else None
+        fp = fingerprint(frame.op.model_dump(mode="json")) if frame else None
+        blocked = False
+        halted: dict[str, Any] | None = None
+        if completion.error is not None:
+            outcome = trap_outcome(TrapKind.ORACLE_FAULT, f"{completion.error_class or 'error'}: {completion.error}")
+        elif frame is None:
+            assert verdict is not None
+            outcome = trap_outcome(TrapKind.SCHEMA_VIOLATION, f"{verdict.violation}: {verdict.detail}. "
+                                    "Answer with exactly one JSON frame and nothing else.")
+        elif guard := self.detectors.guard(tick, fp or ""):
+            blocked = True
+            outcome = trap_outcome(guard[0], guard[1] + "; the action was not run")
+        else:
+            outcome, halted = self._execute(frame, tick)
+
+        q_next, reg_evict = self.builder.bound_register(frame.q_next if frame else R.q)
+        slice_digest = digest(outcome.slice_text)
+        progress = outcome.changed or self.detectors.is_new(slice_digest)
+        traps = list(outcome.traps)
+        if halted is None and (idle := self.detectors.after(tick, None if blocked else fp, slice_digest, progress)):
+            traps.append(idle)
+        kinds = [k for k, _ in traps]
+        injected_kinds = {CHAOS_TRAPS[c["kind"]] for c in chaos if c.get("kind") in CHAOS_TRAPS}
+        panic_kind = self.detectors.panic(tick, kinds) if kinds else None
+
+        J = self.journal
+        for event in chaos:
+            J.stage(tick, "chaos", event)
+        evictions = list(ctx.evictions) + ([reg_evict.model_copy(update={"tick": tick})] if reg_evict else [])
+        for ev in evictions:
+            J.stage(tick, "evict", ev.model_dump())
+        op_json = frame.op.model_dump(mode="json", exclude={"content"}) if frame else None
+        for kind, detail in traps:
+            J.stage(tick, "trap", {"kind": kind.value, "detail": detail[:500], "injected": kind in injected_kinds,
+                                   "op": op_json, "d": outcome.d, "slice": outcome.slice_text[:240]})
+        J.stage(tick, "tick", {"op": op_json["name"] if op_json else None, "fp": fp, "call_index": call_index,
+                               "strict_ok": verdict.strict_ok if verdict else None,
+                               "lenient_ok": verdict.lenient_ok if verdict else None,
+                               "violation": verdict.violation if verdict else None, "blocked": blocked,
+                               "progress": progress, "changed": outcome.changed, "d_next": outcome.d,
+                               "slice_digest": slice_digest, "context_tokens": ctx.total_tokens,
+                               "latency_ms": round(completion.latency_ms, 3), "ask_s": round(ask_s, 6),
+                               "traps": [k.value for k in kinds]})
+
+        if R.streak and not traps and progress and frame is not None:
+            now = time.time()
+            J.stage(tick, "recovery", {"streak_start_tick": R.streak.first_tick, "traps": R.streak.traps,
+                                       "mttr_ticks": tick - R.streak.first_tick,
+                                       "mttr_s": round(now - R.streak.first_ts, 3), "op": op_json})
+            R.streak = None
+        if traps:
+            if R.streak is None:
+                R.streak = Streak(first_tick=tick, first_ts=time.time())
+            R.streak.traps += [k.value for k in kinds]
+
+        d_next, next_slice = outcome.d, outcome.slice_text
+        observation = f"SLICE at d={R.d}:\n{slice_text}"
+        action = completion.text if len(completion.text) <= ACTION_SHOWN_CHARS else (
+            completion.text[:ACTION_SHOWN_CHARS] + f"... [{len(completion.text) - ACTION_SHOWN_CHARS} chars cut]")
+        self.history.append(HistoryEntry(tick=tick, observation=observation, action=action or "(no answer)"))
+        R.goal_in_history = goal_present
+        if panic_kind is not None:
+            R.panic_budget_left -= 1
+            R.panics += 1
+            for entry in self.history:
+                J.stage(tick, "evict", {"section": "history", "tick": entry.tick, "reason": "panic: history cleared",
+                                        "tokens": self.builder.count(entry.action) + self.builder.count(entry.observation)})
+            self.history.clear()
+            self.detectors.reset()
+            R.goal_in_history = True
+            J.stage(tick, "panic", {"cause": panic_kind.value, "streak": R.streak.model_dump() if R.streak else None,
+                                    "budget_left": R.panic_budget_left, "panic_no": R.panics})
+            R.streak = None
+            d_next = "sys://panic"
+            next_slice = (f"PANIC {R.panics}: {panic_kind.value} ({dict(traps)[panic_kind][:300]}). The history was "
+                          f"cleared; panic budget left: {R.panic_budget_left}. Re-read the goal, check your register, "
+                          f"and take a different action.\nGOAL:\n{self.task.goal}")
+            if R.panic_budget_left <= 0:
+                R.status = RunStatus.DIED
+                R.cause_of_death = panic_kind.value
+                last = read_jsonl(self.paths.trace)[-5:]
+                J.stage(tick, "death", {"cause": panic_kind.value, "panics": R.panics, "tick": tick,
+                                        "last_ticks": [{"tick": r["tick"], "op": (r.get("frame") or {}).get("op", {})
+                                                        .get("name"), "traps": r["traps"]} for r in last],
+                                        "q": q_next, "d": d_next})
+        if halted is not None:
+            J.stage(tick, "halt", halted)
+            R.status = RunStatus.COMPLETED
+
+        trace_rec = {"tick": tick, "q": R.q, "d": R.d, "slice_digest": digest(slice_text), "next_digest": slice_digest,
+                     "frame": frame.model_dump(mode="json") if frame else None, "call_index": call_index,
+                     "verdict": "strict" if verdict and verdict.strict_ok else (
+                         "lenient" if verdict and verdict.lenient_ok else "invalid"),
+                     "q_next": q_next, "d_next": d_next, "result": outcome.result, "traps": [k.value for k in kinds],
+                     "blocked": blocked, "progress": progress, "changed": outcome.changed,
+                     "panic": panic_kind.value if panic_kind else None, "ts": round(time.time(), 3)}
+        self.trace.append(trace_rec)
+        self.ctx_log.append({"tick": tick, "policy": self.config.context.policy,
+                             "messages": [{"role": m["role"], "blob": self.blobs.put(m["content"])} for m in ctx.messages],
+                             "tokens": ctx.section_tokens, "total": ctx.total_tokens,
+                             "budget": self.config.context.budget_tokens, "exact": self.oracle.tokenizer.exact,
+                             "over_budget": ctx.over_budget, "evicted": [e.model_dump() for e in evictions]})
+        R.q, R.d = q_next, d_next
+        R.slice_id = self.blobs.put(next_slice)
+        R.oracle_calls = call_index + 1
+        R.tick = tick + 1
+        self._persist()
+        if R.status != RunStatus.RUNNING:
+            self._finish()
+        if self.on_tick is not None:
+            self.on_tick({"tick": tick, "traps": [k.value for k in kinds], "panic": bool(panic_kind),
+                          "status": R.status.value, "harness_s": time.perf_counter() - started - ask_s})
+
+    def _execute(self, frame: Frame, tick: int) -> tuple[Outcome, dict[str, Any] | None]:
+        op = frame.op
+        if isinstance(op, SysHalt):
+            verdict = self.task.verify(self.paths.workspace, self.runner)
+            if verdict.passed:
+                return Outcome(d="sys://halt", slice_text=f"HALT accepted: {verdict.summary}",
+                               changed=True), {"reason": op.reason, "verifier": verdict.model_dump()}
+            return trap_outcome(TrapKind.ILLEGAL_HALT, f"the task's verifier does not accept the halt: "
+                                 f"{verdict.summary}. Keep working."), None
+        if isinstance(op, SysRead):
+            return self.world.read(op, tick), None
+        if isinstance(op, SysWrite):
+            return self.world.write(op, tick), None
+        if isinstance(op, SysEdit):
+            return self.world.edit(op, tick), None
+        assert isinstance(op, SysExec)
+        before = self.world.ws.snapshot()
+        outcome = self.world.exec(op, tick)
+        outcome.changed = self.world.ws.snapshot() != before
+        return outcome, None
+
+    def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None) -> dict[str, Any]:
+        return {"tick": tick, "call_index": call_index, "purpose": "tick", "provenance": self.oracle.provenance,
+                "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
+                "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "retries": c.retries, "finish_reason": c.finish_reason,
+                "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
+                "lenient_ok": verdict.lenient_ok if verdict else None,
+                "violation": verdict.violation if verdict else None,
+                "lenient_violation": verdict.lenient_violation if verdict else None, "ts": round(time.time(), 3)}
+
+    # -- commit and end ---------------------------------------------------------------------------
+    def _persist(self) -> None:
+        """The commit point: files appended, journal fsynced, then the registers replaced atomically."""
+        R = self.R
+        R.history = [HistoryRef(tick=e.tick, obs=self.blobs.put(e.observation), act=self.blobs.put(e.action),
+                                masked=e.masked) for e in self.history]
+        R.trace_offset = self.trace.tell()
+        R.context_offset = self.ctx_log.tell()
+        R.journal_offset = self.journal.flush()
+        R.journal_seq, R.journal_prev = self.journal.seq, self.journal.prev
+        atomic_write(self.paths.registers, R.model_dump_json())
+
+    def _end(self, status: RunStatus, cause: str | None) -> None:
+        self.R.status = status
+        self.R.cause_of_death = cause
+        self.journal.stage(self.R.tick, "stop", {"status": status.value, "reason": self._stop_reason})
+        self._persist()
+        self._finish()
+
+    def _finish(self) -> None:
+        """Final verifier result and manifest; the registers keep the resumable state."""
+        m = self.manifest
+        m.status = self.R.status
+        m.cause_of_death = self.R.cause_of_death
+        m.ticks = self.R.tick
+        if self.R.status != RunStatus.INTERRUPTED:
+            m.ended_at = now_iso()
+            if m.verifier is None or self.R.status != RunStatus.COMPLETED:
+                m.verifier = self.task.verify(self.paths.workspace, self.runner).model_dump()
+        m.sandbox = self.runner.describe()
+        m.save(self.paths)
+
+    def _crash(self, err: BaseException) -> None:
+        report = "".join(traceback.format_exception(err))
+        with suppress(OSError):
+            self.paths.crash_report.write_text(report)
+        with suppress(Exception):
+            self.journal.discard()
+            self.journal.stage(self.R.tick, "crash", {"error": repr(err)[:500], "report": self.paths.crash_report.name})
+            self.journal.flush()
+        with suppress(Exception):
+            self.manifest.status = RunStatus.CRASHED
+            self.manifest.ended_at = now_iso()
+            self.manifest.save(self.paths)
+
+    def _close(self) -> None:
+        for closer in (self.task.close, self.runner.close, self.trace.close, self.dirty.close, self.ctx_log.close,
+                       self.blobs.close, self.journal.close):
+            with suppress(Exception):
+                closer()
+

@@ -1,0 +1,1 @@
+"""Manifold: the workspace files and the sandboxed command runner."""

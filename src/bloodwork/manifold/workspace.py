@@ -1,0 +1,156 @@
+"""File operations confined to the run's workspace.
+
+Paths are resolved (symlinks followed) and must stay under the workspace root; every component is
+then opened with `O_NOFOLLOW` relative to the root's descriptor, so a symlink swapped in between the
+check and the open cannot lead outside either.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+PAGE_CHARS = 3000
+
+
+class WorkspaceError(Exception):
+    """Base of the errors a file op turns into a trap."""
+
+
+class PathEscape(WorkspaceError):
+    """The path leaves the workspace (absolute, `..`, a symlink out)."""
+
+
+class PageFault(WorkspaceError):
+    """The path does not exist (or is not a regular file)."""
+
+
+class IOFault(WorkspaceError):
+    """A write failed; `errno` says how."""
+
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _relative(self, rel: str) -> list[str]:
+        if "\x00" in rel:
+            raise PathEscape("path contains a NUL byte")
+        if rel.startswith(("/", "~")) or "://" in rel:
+            raise PathEscape(f"{rel!r} is not a path inside the workspace")
+        target = Path(os.path.normpath(self.root / rel))
+        if target != self.root and self.root not in target.parents:
+            raise PathEscape(f"{rel!r} leaves the workspace")
+        resolved = target.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise PathEscape(f"{rel!r} resolves outside the workspace")
+        parts = list(resolved.relative_to(self.root).parts)
+        if not parts:
+            raise PageFault(f"{rel!r} is the workspace itself, not a file")
+        return parts
+
+    def _open(self, parts: list[str], flags: int, *, make_dirs: bool = False) -> int:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not make_dirs:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            return os.open(parts[-1], flags | os.O_NOFOLLOW, 0o644, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def read_text(self, rel: str) -> str:
+        parts = self._relative(rel)
+        try:
+            fd = self._open(parts, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError) as err:
+            raise PageFault(f"{rel}: no such file") from err
+        except IsADirectoryError as err:
+            raise PageFault(f"{rel}: is a directory") from err
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise PathEscape(f"{rel}: symlink refused") from err
+            raise PageFault(f"{rel}: {os.strerror(err.errno or 0)}") from err
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PageFault(f"{rel}: not a regular file")
+            return fh.read().decode("utf-8", errors="replace")
+
+    def exists(self, rel: str) -> bool:
+        try:
+            self.read_text(rel)
+        except WorkspaceError:
+            return False
+        return True
+
+    def write_text(self, rel: str, content: str, *, fail_after: int | None = None,
+                   fail_errno: int = errno.EACCES) -> bool:
+        """Write a whole file; return whether its content changed.
+
+        `fail_after` (chaos) writes that many bytes for real, then fails with `fail_errno`.
+        """
+        parts = self._relative(rel)
+        data = content.encode("utf-8")
+        try:
+            before = self.read_text(rel).encode("utf-8")
+        except PageFault:
+            before = None
+        try:
+            fd = self._open(parts, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, make_dirs=True)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise PathEscape(f"{rel}: symlink refused") from err
+            raise IOFault(f"{rel}: {os.strerror(err.errno or 0)}", err.errno or errno.EIO) from err
+        try:
+            if fail_after is not None:
+                os.write(fd, data[:fail_after])
+                raise IOFault(f"{rel}: {os.strerror(fail_errno)}", fail_errno)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as err:
+            raise IOFault(f"{rel}: {os.strerror(err.errno or 0)}", err.errno or errno.EIO) from err
+        finally:
+            os.close(fd)
+        return before != data
+
+    def snapshot(self) -> tuple[tuple[str, int, int], ...]:
+        """A cheap fingerprint of the tree (path, size, mtime_ns) to tell whether anything changed."""
+        out: list[tuple[str, int, int]] = []
+        stack = [self.root]
+        while stack:
+            here = stack.pop()
+            try:
+                entries = list(os.scandir(here))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name not in (".git", "__pycache__", ".pytest_cache"):
+                        stack.append(Path(entry.path))
+                    continue
+                out.append((entry.path, st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
+
+
+def page_of(text: str, page: int, size: int = PAGE_CHARS) -> tuple[str, int]:
+    """One page of a long text and the page count."""
+    pages = max(1, -(-len(text) // size))
+    return text[page * size:(page + 1) * size], pages

@@ -1,0 +1,81 @@
+"""The oracle protocol: one stateless call from messages to raw text, timed and counted.
+
+Every backend answers `complete(messages, schema, call=...)` with a `Completion`; a failed call is a
+Completion with `error` set, never an exception, so the kernel can turn it into a trap. Exceptions are
+for configuration mistakes (`OracleConfigError`) found before a run starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+Message = dict[str, str]
+ErrorClass = Literal["rate_limit", "server_error", "timeout", "bad_request", "auth", "connection",
+                     "context_overflow", "exhausted", "internal"]
+
+
+class OracleConfigError(ValueError):
+    """A model spec, key, URL or adapter is not usable; raised before any tick runs."""
+
+
+class Completion(BaseModel):
+    """One model call as the kernel saw it. `text` is raw: never cleaned up before scoring."""
+
+    text: str = ""
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    retries: int = 0
+    error: str | None = None
+    error_class: ErrorClass | None = None
+    finish_reason: str | None = None
+    injected: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """Where a call happens: lets chaos decide reproducibly and scripts answer by tick."""
+
+    run_id: str
+    tick: int
+    call_index: int
+    purpose: Literal["tick", "probe", "fork"] = "tick"
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    exact: bool
+
+    def count(self, text: str) -> int: ...
+
+
+@dataclass
+class CharEstimate:
+    """~4 characters per token: an estimate, labelled as such wherever it is reported."""
+
+    exact: bool = False
+    chars_per_token: float = 4.0
+
+    def count(self, text: str) -> int:
+        return math.ceil(len(text) / self.chars_per_token)
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    spec: str
+    provenance: Literal["real", "scripted", "replay"]
+    tokenizer: Tokenizer
+
+    def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
+                 call: CallInfo | None = None) -> Completion: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for the manifest (never a secret)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,24 @@
+"""Model spec strings -> oracles. Heavy backends are imported only when their spec is used."""
+
+from __future__ import annotations
+
+from bloodwork.oracles.base import Oracle, OracleConfigError
+
+SPEC_HELP = ("local:smollm2[+constrained][+lora=PATH], openai:MODEL, gemini:MODEL, kimi:MODEL, "
+             "scripted:FILE, replay:RUN_DIR")
+
+
+def make_oracle(spec: str, **options: object) -> Oracle:
+    """Build the backend a spec names; raise OracleConfigError with one readable line if it can't."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise OracleConfigError(f"unknown model spec {spec!r} (expected one of: {SPEC_HELP})")
+    if scheme == "scripted":
+        from bloodwork.oracles.scripted import ScriptedOracle
+
+        return ScriptedOracle(spec, rest)
+    if scheme == "replay":
+        from bloodwork.oracles.replay import ReplayOracle
+
+        return ReplayOracle(spec, rest)
+    raise OracleConfigError(f"unknown model spec {spec!r} (expected one of: {SPEC_HELP})")

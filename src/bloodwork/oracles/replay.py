@@ -1,0 +1,44 @@
+"""`replay:RUN_DIR`: answers with a recorded run's raw outputs, call by call, tagged `provenance: replay`.
+
+Errors and injected faults of the original calls are replayed too, so the kernel meets the same traps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from bloodwork.chronos.files import read_jsonl
+from bloodwork.chronos.run import RunPaths
+from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message, OracleConfigError
+
+
+class ReplayOracle:
+    provenance: Literal["replay"] = "replay"
+
+    def __init__(self, spec: str, run_dir: str) -> None:
+        self.spec = spec
+        self.tokenizer = CharEstimate()
+        paths = RunPaths(Path(run_dir))
+        if not paths.dirty.is_file():
+            raise OracleConfigError(f"{run_dir} is not a run directory (no dirty_trace.jsonl)")
+        self.source = str(paths.root.resolve())
+        records = [r for r in read_jsonl(paths.dirty) if r.get("purpose", "tick") == "tick"]
+        self._by_call = {r["call_index"]: r for r in records}
+
+    def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
+                 call: CallInfo | None = None) -> Completion:
+        index = call.call_index if call else 0
+        rec = self._by_call.get(index)
+        if rec is None:
+            return Completion(error=f"recorded run has no call {index}", error_class="exhausted")
+        return Completion(text=rec.get("text", ""), latency_ms=0.0, error=rec.get("error"),
+                          error_class=rec.get("error_class"), prompt_tokens=rec.get("prompt_tokens"),
+                          completion_tokens=rec.get("completion_tokens"),
+                          injected=[{**i, "replayed": True} for i in rec.get("injected", [])])
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "replay", "source_run": self.source, "calls": len(self._by_call)}
+
+    def close(self) -> None:
+        return None

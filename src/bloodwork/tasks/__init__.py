@@ -1,0 +1,1 @@
+"""Tasks: what the agent must do and the hidden verifier that judges it."""
