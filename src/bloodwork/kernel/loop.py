@@ -289,6 +289,7 @@ class Kernel:
         else:
             outcome, halted = self._execute(frame, tick)
 
+        chaos += outcome.chaos
         q_next, reg_evict = self.builder.bound_register(frame.q_next if frame else R.q)
         slice_digest = digest(outcome.slice_text)
         progress = outcome.changed or self.detectors.is_new(slice_digest)

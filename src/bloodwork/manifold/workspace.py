@@ -84,9 +84,10 @@ class Workspace:
             if err.errno == errno.ELOOP:
                 raise PathEscape(f"{rel}: symlink refused") from err
             raise PageFault(f"{rel}: {os.strerror(err.errno or 0)}") from err
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PageFault(f"{rel}: not a regular file")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise PageFault(f"{rel}: not a regular file")
             return fh.read().decode("utf-8", errors="replace")
 
     def exists(self, rel: str) -> bool:
