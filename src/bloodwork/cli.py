@@ -16,7 +16,6 @@ from rich.table import Table
 
 from bloodwork import isa
 from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
-from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify as verify_journal
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.kernel import Kernel, KernelConfig, KernelCrash, KernelError, RunResult
@@ -77,8 +76,9 @@ def _drive(kernel: Kernel) -> RunResult:
 
 
 def _print_result(result: RunResult) -> None:
+    death = f", cause of death {result.cause_of_death}" if result.cause_of_death else ""
     console.print(f"run [bold]{result.run_id}[/bold]: status [bold]{result.status.value}[/bold] after "
-                  f"{result.ticks} ticks" + (f", cause of death {result.cause_of_death}" if result.cause_of_death else ""))
+                  f"{result.ticks} ticks{death}")
     if result.verifier:
         console.print(f"verifier: {result.verifier.get('summary')}")
     console.print(f"files: {result.run_dir}")
@@ -188,7 +188,7 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to co
     """
     try:
         _, manifest = _load_run(run_dir)
-        task = load_task(manifest.task)
+        task = load_task(manifest.task_source or manifest.task)
         oracle = make_oracle(manifest.model, **manifest.oracle.get("options", {}))
         kernel = Kernel.resume(run_dir, task, oracle)
     except (UserError, *USER_ERRORS) as err:

@@ -82,3 +82,18 @@ def test_discard_drops_staged_lines_and_keeps_the_chain(tmp_path):
     journal.close()
     report = verify(path)
     assert report.ok and [e.kind for e in read_events(path)] == ["tick", "crash"]
+
+
+def test_every_single_byte_flip_is_detected(tmp_path):
+    path = tmp_path / ".journal.log"
+    write_journal(path, 3)
+    original = path.read_bytes()
+    line_starts = [0] + [i + 1 for i, b in enumerate(original) if b == ord("\n")]
+    for pos in range(len(original) - 1):  # the final newline: flipping it only tears the tail
+        flipped = bytearray(original)
+        flipped[pos] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        report = verify(path)
+        line = max(i for i, start in enumerate(line_starts) if start <= pos)
+        assert not report.ok, f"flip at byte {pos} went unnoticed"
+        assert report.first_bad_seq <= line

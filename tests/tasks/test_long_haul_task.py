@@ -1,5 +1,6 @@
 """The built-in `long-haul/ledger` task: it loads, its stubs fail the hidden suite, and the scripted
-expert's frames, replayed for real (writes, edits and sandboxed commands), pass it.
+expert's frames pass it, both replayed op by op (writes, edits, sandboxed commands) and through the
+real kernel.
 
 The expert is a scripted fixture (`expert.py` in the task folder); replaying it here checks the task,
 not any model.
@@ -11,16 +12,20 @@ import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from bloodwork.chaos.plan import ChaosProfile
+from bloodwork.chronos.journal import read_events
 from bloodwork.isa import parse
+from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.manifold.runner import CommandRunner, bwrap_available
 from bloodwork.manifold.workspace import Workspace, page_of
+from bloodwork.oracles.base import CallInfo
+from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.registry import BUILTIN, load_task
 
 TASK_ID = "long-haul/ledger"
@@ -30,12 +35,8 @@ MODULES = ("money", "accounts", "transaction", "journal", "parser", "reports")
 bwrap_only = pytest.mark.skipif(not bwrap_available(), reason="the verifier's python3 is the sandbox's")
 
 
-@dataclass(frozen=True)
-class Call:
-    """The two fields of a CallInfo the expert policy may look at."""
-
-    tick: int
-    call_index: int
+def _call(tick: int, call_index: int = 0) -> CallInfo:
+    return CallInfo(run_id="ledger-test", tick=tick, call_index=call_index)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def task() -> Any:
 def _frames(expert: ModuleType) -> Iterator[tuple[int, dict[str, Any]]]:
     """(tick, op) for every tick of the plan, read back from the raw frame text through the ISA parser."""
     for tick in range(len(expert.PLAN)):
-        result = parse(expert.policy(Call(tick, tick), []))
+        result = parse(expert.policy(_call(tick, tick), []))
         assert result.strict_ok and result.frame is not None, (tick, result.violation, result.detail)
         yield tick, result.frame.op.model_dump()
 
@@ -101,17 +102,17 @@ def test_expert_plan_is_long_strict_and_stateless(expert: ModuleType) -> None:
     assert 30 <= ticks <= 45
     names = []
     for tick in range(ticks):
-        raw = expert.policy(Call(tick, 0), [])
-        assert raw == expert.policy(Call(tick, 7), [{"role": "user", "content": "ignored"}])
+        raw = expert.policy(_call(tick, 0), [])
+        assert raw == expert.policy(_call(tick, 7), [{"role": "user", "content": "ignored"}])
         result = parse(raw)
         assert result.strict_ok, (tick, result.violation, result.detail)
         assert result.frame is not None and len(result.frame.q_next) < 300
         names.append(result.frame.op.name)
-    assert names[0] == "SYS_READ" and json.loads(expert.policy(Call(0, 0), []))["op"]["path"] == "SPEC.md"
+    assert names[0] == "SYS_READ" and json.loads(expert.policy(_call(0, 0), []))["op"]["path"] == "SPEC.md"
     assert names[-1] == "SYS_HALT" and "SYS_HALT" not in names[:-1]
     assert names.count("SYS_EDIT") >= 1 and names.count("SYS_EXEC") >= 5
-    halt = expert.policy(Call(ticks - 1, 0), [])
-    assert expert.policy(Call(ticks, 0), []) == halt and expert.policy(Call(ticks + 50, 0), []) == halt
+    halt = expert.policy(_call(ticks - 1, 0), [])
+    assert expert.policy(_call(ticks, 0), []) == halt and expert.policy(_call(ticks + 50, 0), []) == halt
 
 
 @pytest.mark.bwrap
@@ -186,3 +187,39 @@ def test_every_deliberate_mistake_is_caught_by_the_hidden_suite(task: Any, exper
         assert not result.passed, f"the hidden suite passes without the fix at tick {skipped}"
         assert 1 <= result.details["failed"] <= 10, result.summary
         shutil.rmtree(ws.root)
+
+
+RIGGED_CONFTEST = '''import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    outcome.get_result().outcome = "passed"
+'''
+
+
+@pytest.mark.bwrap
+@bwrap_only
+def test_workspace_conftest_and_pytest_ini_cannot_rig_the_verifier(task: Any, tmp_path: Path) -> None:
+    ws = _prepared(task, tmp_path)
+    ws.write_text("conftest.py", RIGGED_CONFTEST)
+    ws.write_text("hidden/conftest.py", RIGGED_CONFTEST)
+    ws.write_text("pytest.ini", "[pytest]\naddopts = -k nothing_matches\n")
+    result = task.verify(ws.root)
+    assert not result.passed and result.details["failed"] >= 25, result.summary
+
+
+@pytest.mark.bwrap
+@bwrap_only
+def test_real_kernel_run_with_the_scripted_expert_completes(task: Any, expert: ModuleType, tmp_path: Path) -> None:
+    """The whole loop (context, guard, traps, halt verification) on the task, driven by the script."""
+    oracle = make_oracle(f"scripted:{FOLDER / 'expert.py'}")
+    kernel = Kernel.create(task, oracle, out_dir=tmp_path / "runs", config=KernelConfig(max_ticks=60), seed=1,
+                           chaos=ChaosProfile(name="none", rates={}), run_id="ledger-expert")
+    result = kernel.run()
+    assert result.status == "completed", result
+    assert result.ticks == len(expert.PLAN)
+    assert result.verifier is not None and result.verifier["passed"]
+    kinds = [event.kind for event in read_events(kernel.paths.journal)]
+    assert "trap" not in kinds and "panic" not in kinds

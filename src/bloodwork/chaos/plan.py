@@ -61,7 +61,8 @@ def load_profile(name_or_path: str) -> ChaosProfile:
     if not path.suffix:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise ChaosConfigError(f"unknown chaos profile {name_or_path!r} (built-in: {', '.join(builtin_profiles())})")
+            known = ", ".join(builtin_profiles())
+            raise ChaosConfigError(f"unknown chaos profile {name_or_path!r} (built-in: {known})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         return ChaosProfile.model_validate({"name": path.stem, **raw})
@@ -79,14 +80,13 @@ def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[st
     for var, kind in VOYAGER_ALIASES.items():
         if var in env:
             merged[kind] = _float(var, env[var])
-    if "VOYAGER_CHAOS_LOG_FLOOD_CHARS" in env:
-        extra["log_flood_chars"] = int(_float("VOYAGER_CHAOS_LOG_FLOOD_CHARS", env["VOYAGER_CHAOS_LOG_FLOOD_CHARS"]))
     for kind in KINDS:
         var = f"BLOODWORK_CHAOS_{kind.upper()}_RATE"
         if var in env:
             merged[kind] = _float(var, env[var])
-    if "BLOODWORK_CHAOS_LOG_FLOOD_CHARS" in env:
-        extra["log_flood_chars"] = int(_float("BLOODWORK_CHAOS_LOG_FLOOD_CHARS", env["BLOODWORK_CHAOS_LOG_FLOOD_CHARS"]))
+    for var in ("VOYAGER_CHAOS_LOG_FLOOD_CHARS", "BLOODWORK_CHAOS_LOG_FLOOD_CHARS"):
+        if var in env:
+            extra["log_flood_chars"] = int(_float(var, env[var]))
     merged.update(rates)
     changed = merged != profile.rates or extra
     data = profile.model_dump() | extra | {"rates": merged}

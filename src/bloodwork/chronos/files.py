@@ -19,8 +19,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write temp, fsync, rename, fsync the directory: the file is old or new, never torn."""
+def atomic_write(path: Path, data: bytes | str, *, sync_dir: bool = True) -> None:
+    """Write temp, fsync, rename (and fsync the directory): the file is old or new, never torn.
+
+    `sync_dir=False` skips the directory fsync for a file replaced every tick: the rename may then be
+    lost to a power cut (never to a killed process), which a resume handles like an uncommitted tick.
+    """
     if isinstance(data, str):
         data = data.encode("utf-8")
     tmp = path.with_name(path.name + ".tmp")
@@ -31,6 +35,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not sync_dir:
+        return
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -86,18 +92,24 @@ class BlobStore:
         self.path = path
         self._known: set[str] = set()
         self._texts: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
         for rec in read_jsonl(path):
             self._known.add(rec["id"])
         self._out = JsonlAppender(path)
 
     def put(self, text: str) -> str:
+        bid = self._ids.get(text)  # a str caches its hash: a repeated section costs one dict lookup
+        if bid is not None:
+            return bid
         bid = blob_id(text)
         if bid not in self._known:
             self._out.append({"id": bid, "text": text})
             self._known.add(bid)
-        self._texts[bid] = text
-        if len(self._texts) > 4096:
+        if len(self._ids) > 4096:
+            self._ids.clear()
             self._texts.clear()
+        self._ids[text] = bid
+        self._texts[bid] = text
         return bid
 
     def get(self, bid: str) -> str:

@@ -84,7 +84,7 @@ class Journal:
         if self._pending:
             self._fh.write("".join(self._pending).encode("utf-8"))
             self._pending.clear()
-            os.fsync(self._fh.fileno())
+            os.fdatasync(self._fh.fileno())
         self._flushed = (self.seq, self.prev)
         return self._fh.tell()
 
@@ -132,6 +132,8 @@ def verify(path: Path) -> VerifyReport:
                                 first_bad_line=lineno, reason="line is not a journal event", torn_tail=torn)
         if seq != expected_seq:
             reason = f"seq {seq} where {expected_seq} was expected"
+        elif canonical_json(line).encode("utf-8") != raw:
+            reason = "line is not in canonical form (bytes were changed)"
         elif line.get("prev") != prev:
             reason = "prev does not match the previous hash"
         elif line_hash(prev, body) != claimed:

@@ -96,6 +96,7 @@ class RunManifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     task: str
+    task_source: str = ""
     task_meta: dict[str, Any] = Field(default_factory=dict)
     model: str
     provenance: Provenance

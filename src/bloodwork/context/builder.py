@@ -57,6 +57,7 @@ class Eviction(BaseModel):
 @dataclass
 class BuiltContext:
     messages: list[Message]
+    tail: str
     section_tokens: dict[str, int]
     total_tokens: int
     evictions: list[Eviction] = field(default_factory=list)
@@ -148,5 +149,5 @@ class ContextBuilder:
                     "goal": self.count(self.goal_text) if goal_present else 0,
                     "register": self.count(q), "slice": self.count(slice_text), "history": history_tokens}
         total = fixed + history_tokens
-        return BuiltContext(messages=messages, section_tokens=sections, total_tokens=total,
+        return BuiltContext(messages=messages, tail=tail, section_tokens=sections, total_tokens=total,
                             evictions=evictions, over_budget=total > cfg.budget_tokens), goal_present

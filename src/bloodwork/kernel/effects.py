@@ -127,7 +127,7 @@ class World:
             noise = shlex.quote("WARN worker heartbeat missed; retrying connection pool ...")
             cmd = (f"{{ {op.cmd}\n}}; s=$?; yes {noise} | head -c {profile.log_flood_chars}; echo; exit $s")
         res = self.runner.run(cmd, timeout)
-        head = f"$ {op.cmd}\n[exit {res.exit_code}{', TIMED OUT after %gs' % timeout if res.timed_out else ''}, " \
+        head = f"$ {op.cmd}\n[exit {res.exit_code}{f', TIMED OUT after {timeout:g}s' if res.timed_out else ''}, " \
                f"{res.duration_s:.2f}s, {res.size} bytes of output]\n"
         if res.spawn_error:
             head += f"[{res.spawn_error}]\n"
@@ -149,7 +149,8 @@ class World:
         return Outcome(d=f"sys://exec/{tick}", slice_text=head + text, traps=traps, chaos=chaos, result=result)
 
 
-def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[dict[str, Any]] | None = None, changed: bool = False) -> Outcome:
+def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[dict[str, Any]] | None = None,
+                 changed: bool = False) -> Outcome:
     return Outcome(d=f"sys://trap/{kind.value}", slice_text=f"TRAP {kind.value}: {detail}", traps=[(kind, detail)],
                    chaos=chaos or [], changed=changed)
 

@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bloodwork.chaos.plan import ChaosProfile, FaultPlan
-from bloodwork.chronos.files import BlobStore, JsonlAppender, atomic_write, read_jsonl
+from bloodwork.chronos.context_log import ContextLog, history_entries
+from bloodwork.chronos.files import JsonlAppender, atomic_write, read_jsonl
 from bloodwork.chronos.journal import Journal
 from bloodwork.chronos.run import Provenance, RunManifest, RunPaths, RunStatus, git_sha, now_iso, versions
 from bloodwork.context.builder import ContextBuilder, HistoryEntry
@@ -66,13 +67,6 @@ class Streak(BaseModel):
     traps: list[str] = Field(default_factory=list)
 
 
-class HistoryRef(BaseModel):
-    tick: int
-    obs: str
-    act: str
-    masked: bool = False
-
-
 class Registers(BaseModel):
     """Everything the next tick needs, persisted atomically after each committed tick (small by design)."""
 
@@ -84,7 +78,8 @@ class Registers(BaseModel):
     panic_budget_left: int
     panics: int = 0
     goal_in_history: bool = True
-    history: list[HistoryRef] = Field(default_factory=list)
+    history_span: tuple[int, int] | None = None
+    masked_below: int = -1
     streak: Streak | None = None
     journal_offset: int = 0
     journal_seq: int = 0
@@ -126,8 +121,8 @@ class Kernel:
         self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
         self.trace = JsonlAppender(paths.trace)
         self.dirty = JsonlAppender(paths.dirty)
-        self.ctx_log = JsonlAppender(paths.context_ticks)
-        self.blobs = BlobStore(paths.blobs)
+        self.ctx_log = ContextLog(paths.context)
+        self.blobs = self.ctx_log.blobs
         self.builder = ContextBuilder(config.context, oracle.tokenizer, ISA_PROMPT, task.goal)
         self.detectors = Detectors(config.traps)
         self.history: list[HistoryEntry] = []
@@ -149,7 +144,8 @@ class Kernel:
         except OSError as err:
             raise KernelError(f"cannot create the run directory {paths.root}: {err.strerror}") from err
         task.prepare(paths.workspace, seed)
-        manifest = RunManifest(run_id=run_id, task=task.id, task_meta=task.metadata, model=oracle.spec,
+        manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
+                               task_meta=task.metadata, model=oracle.spec,
                                provenance=Provenance(oracle.provenance), seed=seed, chaos=chaos.model_dump(),
                                config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
                                versions=versions(), git_sha=git_sha(), command_line=command_line or sys.argv,
@@ -174,8 +170,15 @@ class Kernel:
             raise KernelError(f"{run_dir} is not a bloodwork run directory")
         manifest = RunManifest.load(paths)
         registers = Registers.model_validate_json(paths.registers.read_text())
-        if registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED):
+        ended = registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+        if ended and manifest.status == registers.status:
             raise KernelError(f"run {manifest.run_id} has ended ({registers.status.value}); nothing to resume")
+        if ended:
+            # Killed after its last commit but before the manifest was final: only finish the paperwork.
+            kernel = cls(paths, task, oracle, KernelConfig.model_validate(manifest.config), manifest, registers,
+                         ChaosProfile.model_validate(manifest.chaos))
+            kernel._finish()
+            return kernel
         recovered = cls._truncate_uncommitted(paths, registers)
         config = KernelConfig.model_validate(manifest.config)
         chaos = ChaosProfile.model_validate(manifest.chaos)
@@ -183,8 +186,11 @@ class Kernel:
         kernel = cls(paths, task, oracle, config, manifest, registers, chaos)
         for rec in read_jsonl(paths.trace):
             kernel.detectors.replay_record(rec)
-        kernel.history = [HistoryEntry(tick=h.tick, observation=kernel.blobs.get(h.obs), action=kernel.blobs.get(h.act),
-                                       masked=h.masked) for h in registers.history]
+        if registers.history_span:
+            entries = history_entries(paths.context)
+            first, last = registers.history_span
+            kernel.history = [HistoryEntry(tick=t, observation=entries[t]["observation"], action=entries[t]["action"],
+                                           masked=entries[t]["masked"]) for t in range(first, last + 1)]
         manifest.resumes += 1
         manifest.status = RunStatus.RUNNING
         manifest.save(paths)
@@ -265,9 +271,11 @@ class Kernel:
         chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
         slice_text = self._observe()
         ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick)
+        ctx_history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
         call_index = R.oracle_calls
         t_ask = time.perf_counter()
-        completion = self.oracle.complete(ctx.messages, self.schema, call=CallInfo(self.manifest.run_id, tick, call_index))
+        call = CallInfo(self.manifest.run_id, tick, call_index)
+        completion = self.oracle.complete(ctx.messages, self.schema, call=call)
         ask_s = time.perf_counter() - t_ask
         verdict = parse(completion.text) if completion.error is None else None
         self.dirty.append(self._dirty_record(tick, call_index, completion, verdict))
@@ -306,6 +314,12 @@ class Kernel:
         evictions = list(ctx.evictions) + ([reg_evict.model_copy(update={"tick": tick})] if reg_evict else [])
         for ev in evictions:
             J.stage(tick, "evict", ev.model_dump())
+            if ev.section == "observation":
+                R.masked_below = max(R.masked_below, ev.tick + 1)
+                # An entry masked and then evicted in the same build was never shown masked.
+                for entry in self.history:
+                    if entry.tick == ev.tick:
+                        self.ctx_log.mask_entry(ev.tick, entry.observation)
         op_json = frame.op.model_dump(mode="json", exclude={"content"}) if frame else None
         for kind, detail in traps:
             J.stage(tick, "trap", {"kind": kind.value, "detail": detail[:500], "injected": kind in injected_kinds,
@@ -335,13 +349,15 @@ class Kernel:
         action = completion.text if len(completion.text) <= ACTION_SHOWN_CHARS else (
             completion.text[:ACTION_SHOWN_CHARS] + f"... [{len(completion.text) - ACTION_SHOWN_CHARS} chars cut]")
         self.history.append(HistoryEntry(tick=tick, observation=observation, action=action or "(no answer)"))
+        self.ctx_log.add_entry(tick, observation, self.history[-1].action)
         R.goal_in_history = goal_present
         if panic_kind is not None:
             R.panic_budget_left -= 1
             R.panics += 1
             for entry in self.history:
+                tokens = self.builder.count(entry.action) + self.builder.count(entry.observation)
                 J.stage(tick, "evict", {"section": "history", "tick": entry.tick, "reason": "panic: history cleared",
-                                        "tokens": self.builder.count(entry.action) + self.builder.count(entry.observation)})
+                                        "tokens": tokens})
             self.history.clear()
             self.detectors.reset()
             R.goal_in_history = True
@@ -372,11 +388,13 @@ class Kernel:
                      "blocked": blocked, "progress": progress, "changed": outcome.changed,
                      "panic": panic_kind.value if panic_kind else None, "ts": round(time.time(), 3)}
         self.trace.append(trace_rec)
-        self.ctx_log.append({"tick": tick, "policy": self.config.context.policy,
-                             "messages": [{"role": m["role"], "blob": self.blobs.put(m["content"])} for m in ctx.messages],
-                             "tokens": ctx.section_tokens, "total": ctx.total_tokens,
-                             "budget": self.config.context.budget_tokens, "exact": self.oracle.tokenizer.exact,
-                             "over_budget": ctx.over_budget, "evicted": [e.model_dump() for e in evictions]})
+        goal_shown = self.builder.goal_text if goal_present else None
+        self.ctx_log.record_tick(tick, system=self.builder.system, goal=goal_shown, history=ctx_history_span,
+                                 tail=ctx.tail, meta={
+                                     "policy": self.config.context.policy, "masked_below": R.masked_below,
+                                     "tokens": ctx.section_tokens, "total": ctx.total_tokens,
+                                     "budget": self.config.context.budget_tokens, "exact": self.oracle.tokenizer.exact,
+                                     "over_budget": ctx.over_budget, "evicted": [e.model_dump() for e in evictions]})
         R.q, R.d = q_next, d_next
         R.slice_id = self.blobs.put(next_slice)
         R.oracle_calls = call_index + 1
@@ -423,13 +441,12 @@ class Kernel:
     def _persist(self) -> None:
         """The commit point: files appended, journal fsynced, then the registers replaced atomically."""
         R = self.R
-        R.history = [HistoryRef(tick=e.tick, obs=self.blobs.put(e.observation), act=self.blobs.put(e.action),
-                                masked=e.masked) for e in self.history]
+        R.history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
         R.trace_offset = self.trace.tell()
-        R.context_offset = self.ctx_log.tell()
+        R.context_offset = self.ctx_log.ticks.tell()
         R.journal_offset = self.journal.flush()
         R.journal_seq, R.journal_prev = self.journal.seq, self.journal.prev
-        atomic_write(self.paths.registers, R.model_dump_json())
+        atomic_write(self.paths.registers, R.model_dump_json(), sync_dir=False)
 
     def _end(self, status: RunStatus, cause: str | None) -> None:
         self.R.status = status
@@ -466,7 +483,7 @@ class Kernel:
 
     def _close(self) -> None:
         for closer in (self.task.close, self.runner.close, self.trace.close, self.dirty.close, self.ctx_log.close,
-                       self.blobs.close, self.journal.close):
+                       self.journal.close):
             with suppress(Exception):
                 closer()
 

@@ -23,6 +23,7 @@ class ReplayOracle:
         if not paths.dirty.is_file():
             raise OracleConfigError(f"{run_dir} is not a run directory (no dirty_trace.jsonl)")
         self.source = str(paths.root.resolve())
+        self.spec = f"replay:{self.source}"
         records = [r for r in read_jsonl(paths.dirty) if r.get("purpose", "tick") == "tick"]
         self._by_call = {r["call_index"]: r for r in records}
 

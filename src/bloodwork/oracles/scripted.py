@@ -51,6 +51,7 @@ class ScriptedOracle:
         if not path.is_file():
             raise OracleConfigError(f"scripted file not found: {path}")
         self.path = path.resolve()
+        self.spec = f"scripted:{self.path}" + (f":{fn}" if fn else "")
         if path.suffix == ".py":
             self._policy = load_policy(path, fn or "policy")
         else:

@@ -51,6 +51,7 @@ class FolderTask:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.source = str(folder.resolve())
         spec_path = folder / "task.yaml"
         if not spec_path.is_file():
             raise TaskError(f"{folder} has no task.yaml")
@@ -84,7 +85,13 @@ class FolderTask:
                             ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
             hidden = self.folder / "hidden"
             if hidden.is_dir():
-                shutil.copytree(hidden, copy / "hidden", dirs_exist_ok=True)
+                # Whatever the agent put at ./hidden goes first: it must not shadow or rig the hidden suite.
+                planted = copy / "hidden"
+                if planted.is_symlink() or planted.is_file():
+                    planted.unlink()
+                elif planted.is_dir():
+                    shutil.rmtree(planted)
+                shutil.copytree(hidden, planted)
             runner = CommandRunner(copy)
             try:
                 res = runner.run(self.spec.verifier.command, self.spec.verifier.timeout_s)

@@ -1,0 +1,1 @@
+"""ledger: a tiny double-entry bookkeeping library (see SPEC.md)."""
