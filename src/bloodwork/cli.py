@@ -262,6 +262,139 @@ def show(
                   + (f", cause of death {manifest.cause_of_death}" if manifest.cause_of_death else ""))
 
 
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(";" if ";" in value else ",") if v.strip()]
+
+
+def _seeds(value: str) -> list[int]:
+    seeds: list[int] = []
+    for part in _csv(value):
+        lo, sep, hi = part.partition("-")
+        try:
+            seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+        except ValueError as err:
+            raise UserError(f"--seeds {value!r}: use numbers and ranges like 0-3,7") from err
+    return seeds
+
+
+@app.command()
+def sweep(
+    tasks: Annotated[str, typer.Option(help="Comma-separated task ids or folders.")],
+    models: Annotated[str, typer.Option(help="Comma-separated model specs.")] = "local:smollm2",
+    chaos: Annotated[str, typer.Option(help="Profiles (off,default,heavy,FILE) or KIND=RATE entries; "
+                                            "separate entries with ';' when an entry has commas.")] = "default",
+    seeds: Annotated[str, typer.Option(help="Seeds: 0-3,7.")] = "0",
+    ticks: Annotated[int, typer.Option(help="Maximum ticks per run.")] = 60,
+    panic_budget: Annotated[int, typer.Option(help="Panics before a run dies.")] = 3,
+    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec).")] = 2,
+    out: Annotated[Path, typer.Option(help="Sweep directory (run it again to resume).")] = Path("runs/sweep"),
+    config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
+    = None,
+) -> None:
+    """Run a grid of tasks x models x chaos x seeds in parallel; finished runs are kept on a rerun.
+
+    Example: bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --chaos default,heavy --seeds 0-3
+    --ticks 60 --workers 2 --out runs/sweep1
+    """
+    from bloodwork.sweep import Sweep, SweepError, SweepSpec
+
+    try:
+        base = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=None, budget=None)
+        options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+        spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
+                         ticks=ticks, panic_budget=panic_budget, workers=workers,
+                         config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options)
+        runner = Sweep(spec, out)
+        runner.prepare()
+    except (UserError, SweepError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    from bloodwork.sweep import cells
+
+    grid = cells(spec)
+    pending = {c.cell_id for c in runner.pending()}
+    console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {workers} workers")
+    with _progress(len(grid), "sweep") as progress:
+        overall = progress.add_task("", total=len(grid), completed=len(grid) - len(pending))
+        lines: dict[str, Any] = {}
+
+        def on_tick(cell_id: str, info: dict[str, Any]) -> None:
+            if cell_id not in lines:
+                lines[cell_id] = progress.add_task(cell_id[:50], total=spec.ticks)
+            progress.update(lines[cell_id], completed=info["tick"] + 1)
+
+        def on_cell(res: Any) -> None:
+            if res.cell_id in lines:
+                progress.remove_task(lines.pop(res.cell_id))
+            if res.action != "kept":
+                progress.advance(overall)
+                progress.update(overall, description=f"last: {res.status}")
+                if res.error:
+                    err_console.print(f"[red]{res.cell_id} crashed:[/red] {res.error}")
+
+        try:
+            results = runner.run(on_cell=on_cell, on_tick=on_tick)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: rerun the same command to resume")
+            raise typer.Exit(130) from None
+        finally:
+            runner.close()
+    counts = Counter(r.status for r in results)
+    console.print("runs by status: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    console.print(f"next: bloodwork extract {out} --out {out}/evidence")
+
+
+@app.command()
+def extract(
+    inputs: Annotated[list[Path], typer.Argument(help="Run directories, sweep directories, or folders of runs.")],
+    out: Annotated[Path, typer.Option(help="Where the evidence goes.")] = Path("runs/evidence"),
+) -> None:
+    """Write the thrashing journal, death bundles and the sweep report from raw run files.
+
+    Example: bloodwork extract runs/sweep1 --out runs/sweep1/evidence
+    """
+    from bloodwork.evidence.extract import ExtractError
+    from bloodwork.evidence.extract import extract as run_extract
+
+    try:
+        report = run_extract(inputs, out, generator="bloodwork extract " + " ".join(sys.argv[2:]))
+    except (ExtractError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
+    console.print(f"deaths: {len(report.deaths)}; natural events from real-model runs: {report.natural_events}; "
+                  f"injected: {report.injected_events}")
+    console.print(f"strict violation rate: {report.strict_violation}")
+    console.print(f"thrashing journal: {out / 'thrashing.journal'}")
+    console.print(f"death bundles:     {out / 'deaths'}")
+    console.print(f"sweep report:      {out / 'sweep_report.md'} (+ .json)")
+
+
+@app.command()
+def replay(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory or a death bundle.")],
+    out: Annotated[Path, typer.Option(help="Folder that receives the replayed run.")] = Path("runs/replays"),
+) -> None:
+    """Re-run a run from its raw outputs and seeds; exit 1 if its ticks, traps or death differ.
+
+    Example: bloodwork replay runs/sweep1/evidence/deaths/<run_id>
+    """
+    from bloodwork.evidence.replay import replay_run
+
+    try:
+        _load_run(run_dir)
+        report = replay_run(run_dir, out)
+    except (UserError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    except KernelCrash as err:
+        fail(str(err), code=3)
+    if report.same:
+        console.print(f"reproduced: {report.compared} events identical ({report.original_status}); "
+                      f"replay in {report.replay_dir}")
+        return
+    err_console.print(f"[red]diverged[/red] at event {report.first_divergence}; replay in {report.replay_dir}")
+    raise typer.Exit(1)
+
+
 @tasks_app.command("list")
 def tasks_list() -> None:
     """List the built-in tasks.

@@ -101,6 +101,8 @@ class RunManifest(BaseModel):
     model: str
     provenance: Provenance
     seed: int
+    chaos_key: str = ""
+    replay_of: str | None = None
     chaos: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     sandbox: dict[str, Any] = Field(default_factory=dict)

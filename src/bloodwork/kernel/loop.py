@@ -45,12 +45,16 @@ from bloodwork.kernel.traps import Detectors, TrapKind, digest, fingerprint
 from bloodwork.manifold.runner import CommandRunner
 from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
 from bloodwork.oracles.base import CallInfo, Completion, Oracle
+from bloodwork.oracles.chaotic import ChaoticOracle
 from bloodwork.tasks.base import Task
 
 CHAOS_TRAPS = {"exec_timeout": TrapKind.EXEC_TIMEOUT, "write_deny": TrapKind.IO_FAULT, "disk_full": TrapKind.IO_FAULT,
                "log_flood": TrapKind.LOG_FLOOD, "oracle_error": TrapKind.ORACLE_FAULT,
                "oracle_truncate": TrapKind.SCHEMA_VIOLATION}
+ORACLE_FAULTS = ("oracle_error", "oracle_slow", "oracle_truncate")
 ACTION_SHOWN_CHARS = 1500
+PROBE_QUESTION = ("Kernel probe (not a tick, no frame needed): in one or two plain sentences, what is your goal "
+                  "and what is your next step?")
 
 
 class KernelError(Exception):
@@ -111,11 +115,14 @@ class Kernel:
                  registers: Registers, chaos: ChaosProfile) -> None:
         self.paths = paths
         self.task = task
-        self.oracle = oracle
         self.config = config
         self.manifest = manifest
         self.R = registers
-        self.plan = FaultPlan(chaos, manifest.seed, manifest.run_id)
+        # A replay keeps the original's key, so the plan decides every injection exactly as it did then.
+        self.plan = FaultPlan(chaos, manifest.seed, manifest.chaos_key or manifest.run_id)
+        if oracle.provenance != "replay" and any(chaos.rate(k) for k in ORACLE_FAULTS):
+            oracle = ChaoticOracle(oracle, self.plan)
+        self.oracle = oracle
         self.runner = CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits)
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
         self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
@@ -134,7 +141,8 @@ class Kernel:
     @classmethod
     def create(cls, task: Task, oracle: Oracle, *, out_dir: Path, config: KernelConfig, seed: int,
                chaos: ChaosProfile, run_id: str | None = None, command_line: list[str] | None = None,
-               model_options: dict[str, Any] | None = None) -> Kernel:
+               model_options: dict[str, Any] | None = None, chaos_key: str | None = None,
+               replay_of: str | None = None) -> Kernel:
         run_id = run_id or new_run_id(task.id, oracle.spec, seed)
         paths = RunPaths(out_dir / run_id)
         if paths.root.exists() and any(paths.root.iterdir()):
@@ -147,6 +155,7 @@ class Kernel:
         manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
                                task_meta=task.metadata, model=oracle.spec,
                                provenance=Provenance(oracle.provenance), seed=seed, chaos=chaos.model_dump(),
+                               chaos_key=chaos_key or run_id, replay_of=replay_of,
                                config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
                                versions=versions(), git_sha=git_sha(), command_line=command_line or sys.argv,
                                started_at=now_iso())
@@ -272,6 +281,8 @@ class Kernel:
         slice_text = self._observe()
         ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick)
         ctx_history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
+        probe = self._probe(tick, ctx.messages) if self.config.probe_every and tick % self.config.probe_every == 0 \
+            else None
         call_index = R.oracle_calls
         t_ask = time.perf_counter()
         call = CallInfo(self.manifest.run_id, tick, call_index)
@@ -309,6 +320,8 @@ class Kernel:
         panic_kind = self.detectors.panic(tick, kinds) if kinds else None
 
         J = self.journal
+        if probe is not None:
+            J.stage(tick, "probe", probe)
         for event in chaos:
             J.stage(tick, "chaos", event)
         evictions = list(ctx.evictions) + ([reg_evict.model_copy(update={"tick": tick})] if reg_evict else [])
@@ -405,6 +418,16 @@ class Kernel:
         if self.on_tick is not None:
             self.on_tick({"tick": tick, "traps": [k.value for k in kinds], "panic": bool(panic_kind),
                           "status": R.status.value, "harness_s": time.perf_counter() - started - ask_s})
+
+    def _probe(self, tick: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
+        question = {"role": "user", "content": PROBE_QUESTION}
+        c = self.oracle.complete([*messages, question], None,
+                                 call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe"))
+        record = self._dirty_record(tick, tick, c, None) | {"purpose": "probe"}
+        self.dirty.append(record)
+        return {"answer": c.text, "error": c.error, "latency_ms": round(c.latency_ms, 3),
+                "context_tokens": self.builder.count("".join(m["content"] for m in messages))}
 
     def _execute(self, frame: Frame, tick: int) -> tuple[Outcome, dict[str, Any] | None]:
         op = frame.op

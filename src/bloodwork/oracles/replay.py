@@ -24,13 +24,14 @@ class ReplayOracle:
             raise OracleConfigError(f"{run_dir} is not a run directory (no dirty_trace.jsonl)")
         self.source = str(paths.root.resolve())
         self.spec = f"replay:{self.source}"
-        records = [r for r in read_jsonl(paths.dirty) if r.get("purpose", "tick") == "tick"]
-        self._by_call = {r["call_index"]: r for r in records}
+        records = read_jsonl(paths.dirty)
+        self._by_call = {r["call_index"]: r for r in records if r.get("purpose", "tick") == "tick"}
+        self._probes = {r["tick"]: r for r in records if r.get("purpose") == "probe"}
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
                  call: CallInfo | None = None) -> Completion:
         index = call.call_index if call else 0
-        rec = self._by_call.get(index)
+        rec = self._probes.get(call.tick) if call and call.purpose == "probe" else self._by_call.get(index)
         if rec is None:
             return Completion(error=f"recorded run has no call {index}", error_class="exhausted")
         return Completion(text=rec.get("text", ""), latency_ms=0.0, error=rec.get("error"),

@@ -1,0 +1,304 @@
+"""`bloodwork extract`: the thrashing journal, death bundles and the sweep report, from raw run files only.
+
+Every event is taken from a run's hash-chained journal (which is verified first), once, keyed by
+(run_id, seq); every figure in the report is a count over those files. Injected and natural faults
+are told apart by the journal's own `injected` flags, and scripted or replayed runs keep their provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from bloodwork.chronos.files import read_jsonl, sha256_file
+from bloodwork.chronos.journal import Event, read_events, verify
+from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
+
+EVENT_KINDS = ("trap", "panic", "recovery", "death")
+BUNDLED = (".journal.log", "trace.jsonl", "dirty_trace.jsonl", "run.json")
+Origin = Literal["injected", "natural", "mixed"]
+
+
+class ExtractError(ValueError):
+    """Nothing to extract, or a path that is not a run or sweep."""
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise ExtractError(f"{path} does not exist")
+        if (path / "run.json").is_file() and (path / ".journal.log").is_file():
+            found.append(path)
+            continue
+        for manifest in sorted(path.rglob("run.json")):
+            run = manifest.parent
+            if "workspace" in run.parts or "deaths" in run.relative_to(path).parts:
+                continue
+            if (run / ".journal.log").is_file():
+                found.append(run)
+    if not found:
+        raise ExtractError(f"no run directories under {', '.join(map(str, paths))}")
+    return sorted(set(found))
+
+
+class ThrashEvent(BaseModel):
+    run_id: str
+    seq: int
+    tick: int
+    event: str
+    kind: str
+    origin: Origin
+    provenance: str
+    model: str
+    task: str
+    chaos: str
+    op: dict[str, Any] | None = None
+    snippet: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    path: str
+    status: str
+    provenance: str
+    model: str
+    task: str
+    chaos: str
+    seed: int
+    ticks: int
+    cause_of_death: str | None
+    journal_ok: bool
+    torn_tail: bool
+
+
+def _streak_origins(events: list[Event]) -> dict[int, Origin]:
+    """The origin of each panic/death: injected if every trap of its streak was injected, natural if none."""
+    origins: dict[int, Origin] = {}
+    streak: list[bool] = []
+    last_panic: Origin = "natural"
+    for e in events:
+        if e.kind == "trap":
+            streak.append(bool(e.data.get("injected")))
+        elif e.kind == "panic":
+            last_panic = origins[e.seq] = _origin(streak)
+            streak = []
+        elif e.kind == "death":
+            origins[e.seq] = last_panic
+        elif e.kind == "recovery":
+            origins[e.seq] = _origin(streak)
+            streak = []
+    return origins
+
+
+def _origin(flags: list[bool]) -> Origin:
+    if flags and all(flags):
+        return "injected"
+    if any(flags):
+        return "mixed"
+    return "natural"
+
+
+def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
+    paths = RunPaths(run)
+    manifest = RunManifest.load(paths)
+    report = verify(paths.journal)
+    events = read_events(paths.journal)[: report.events] if not report.ok else read_events(paths.journal)
+    summary = RunSummary(run_id=manifest.run_id, path=str(run), status=manifest.status.value,
+                         provenance=manifest.provenance.value, model=manifest.model, task=manifest.task,
+                         chaos=str(manifest.chaos.get("name")), seed=manifest.seed, ticks=manifest.ticks,
+                         cause_of_death=manifest.cause_of_death, journal_ok=report.ok, torn_tail=report.torn_tail)
+    origins = _streak_origins(events)
+    out = []
+    for e in events:
+        if e.kind not in EVENT_KINDS:
+            continue
+        if e.kind == "trap":
+            kind, origin = e.data["kind"], "injected" if e.data.get("injected") else "natural"
+        elif e.kind == "recovery":
+            kind, origin = "RECOVERY", origins.get(e.seq, "natural")
+        else:
+            kind, origin = e.data["cause"], origins.get(e.seq, "natural")
+        out.append(ThrashEvent(run_id=manifest.run_id, seq=e.seq, tick=e.tick, event=e.kind, kind=kind, origin=origin,
+                               provenance=summary.provenance, model=summary.model, task=summary.task,
+                               chaos=summary.chaos, op=e.data.get("op"), snippet=str(e.data.get("slice", ""))[:160],
+                               data={k: v for k, v in e.data.items() if k not in ("op", "slice")}))
+    return summary, out, events
+
+
+class DeathManifest(BaseModel):
+    run_id: str
+    cause_of_death: str | None
+    tick_of_death: int | None
+    panic_history: list[dict[str, Any]]
+    model: str
+    provenance: str
+    seed: int
+    task: str
+    chaos: dict[str, Any]
+    files: dict[str, str]
+    reproduce: dict[str, str]
+
+
+def write_death_bundle(run: Path, events: list[Event], out: Path) -> DeathManifest:
+    paths = RunPaths(run)
+    manifest = RunManifest.load(paths)
+    bundle = out / manifest.run_id
+    bundle.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLED:
+        shutil.copy2(run / name, bundle / name)
+    for name in ("context",):
+        if (run / name).is_dir():
+            shutil.copytree(run / name, bundle / name, dirs_exist_ok=True)
+    death = next((e for e in events if e.kind == "death"), None)
+    panics = [{"tick": e.tick, **e.data} for e in events if e.kind == "panic"]
+    cfg = manifest.config
+    chaos_file = bundle / "chaos.yaml"
+    chaos_file.write_text(yaml.safe_dump({k: v for k, v in manifest.chaos.items() if k != "name"}))
+    rerun = (f"bloodwork run {manifest.task_source or manifest.task} --model {manifest.model} "
+             f"--seed {manifest.seed} --ticks {cfg.get('max_ticks')} --panic-budget {cfg.get('panic_budget')} "
+             f"--chaos {chaos_file}")
+    files = {str(p.relative_to(bundle)): sha256_file(p) for p in sorted(bundle.rglob("*"))
+             if p.is_file() and p.name != "manifest.json"}
+    dm = DeathManifest(run_id=manifest.run_id, cause_of_death=manifest.cause_of_death,
+                       tick_of_death=death.tick if death else None, panic_history=panics, model=manifest.model,
+                       provenance=manifest.provenance.value, seed=manifest.seed, task=manifest.task,
+                       chaos=manifest.chaos, files=files,
+                       reproduce={"exact (raw outputs, same seeds)": f"bloodwork replay {bundle}",
+                                  "fresh (the model asked again)": rerun})
+    (bundle / "manifest.json").write_text(dm.model_dump_json(indent=2))
+    return dm
+
+
+class SweepReport(BaseModel):
+    generator: str
+    runs: int
+    provenance: dict[str, int]
+    runs_by_status: dict[str, int]
+    deaths: list[dict[str, Any]]
+    deaths_by_chaos: dict[str, Rate]
+    traps_by_kind: dict[str, dict[str, int]]
+    natural_events: int
+    injected_events: int
+    recovery: Rate
+    mttr_ticks: Distribution
+    mttr_s: Distribution
+    strict_violation: Rate
+    lenient_violation: Rate
+    violation_classes: dict[str, int]
+    latency_ms: Distribution
+    journals_failing_verify: list[str]
+
+
+def _violation_and_latency(runs: list[Path]) -> tuple[Rate, Rate, dict[str, int], Distribution]:
+    strict_bad = lenient_bad = n = 0
+    classes: Counter[str] = Counter()
+    latencies: list[float] = []
+    for run in runs:
+        for rec in read_jsonl(run / "dirty_trace.jsonl"):
+            if rec.get("purpose", "tick") != "tick" or rec.get("error"):
+                continue
+            n += 1
+            strict_bad += not rec["strict_ok"]
+            lenient_bad += not rec["lenient_ok"]
+            if rec.get("violation"):
+                classes[rec["violation"]] += 1
+            if rec.get("provenance") == "real":
+                latencies.append(rec["latency_ms"])
+    return wilson(strict_bad, n), wilson(lenient_bad, n), dict(classes.most_common()), distribution(latencies)
+
+
+def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
+    runs = find_runs(inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries: list[RunSummary] = []
+    all_events: list[ThrashEvent] = []
+    seen: set[tuple[str, int]] = set()
+    deaths: list[dict[str, Any]] = []
+    for run in runs:
+        summary, thrash, events = run_events(run)
+        if summary.run_id in {s.run_id for s in summaries}:
+            continue  # the same run reached twice (e.g. a run and its sweep): count it once
+        summaries.append(summary)
+        for ev in thrash:
+            if (ev.run_id, ev.seq) not in seen:
+                seen.add((ev.run_id, ev.seq))
+                all_events.append(ev)
+        if summary.status == "died":
+            dm = write_death_bundle(run, events, out / "deaths")
+            deaths.append({"run_id": dm.run_id, "cause": dm.cause_of_death, "tick": dm.tick_of_death,
+                           "chaos": summary.chaos, "provenance": summary.provenance, "model": summary.model})
+
+    counts = Counter(f"{e.event}:{e.origin}" for e in all_events)
+    header = {"header": True, "generator": generator, "runs": len(summaries), "events": len(all_events),
+              "counts": dict(sorted(counts.items())),
+              "provenance": dict(Counter(s.provenance for s in summaries))}
+    with open(out / "thrashing.journal", "w") as fh:
+        fh.write(json.dumps(header, sort_keys=True) + "\n")
+        for ev in all_events:
+            fh.write(ev.model_dump_json() + "\n")
+
+    by_chaos: dict[str, list[bool]] = defaultdict(list)
+    for s in summaries:
+        by_chaos[s.chaos].append(s.status == "died")
+    traps: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in all_events:
+        if e.event == "trap":
+            traps[e.kind][e.origin] += 1
+    recoveries = [e for e in all_events if e.event == "recovery"]
+    panics = [e for e in all_events if e.event == "panic"]
+    run_dirs = [Path(s.path) for s in summaries]
+    strict, lenient, classes, latency = _violation_and_latency(run_dirs)
+    report = SweepReport(
+        generator=generator, runs=len(summaries), provenance=dict(Counter(s.provenance for s in summaries)),
+        runs_by_status=dict(Counter(s.status for s in summaries).most_common()), deaths=deaths,
+        deaths_by_chaos={k: wilson(sum(v), len(v)) for k, v in sorted(by_chaos.items())},
+        traps_by_kind={k: dict(v) for k, v in sorted(traps.items(), key=lambda kv: -sum(kv[1].values()))},
+        natural_events=sum(1 for e in all_events if e.origin == "natural" and e.provenance == "real"),
+        injected_events=sum(1 for e in all_events if e.origin == "injected"),
+        recovery=wilson(len(recoveries), len(recoveries) + len(panics)),
+        mttr_ticks=distribution([e.data["mttr_ticks"] for e in recoveries]),
+        mttr_s=distribution([e.data["mttr_s"] for e in recoveries]),
+        strict_violation=strict, lenient_violation=lenient, violation_classes=classes, latency_ms=latency,
+        journals_failing_verify=[s.run_id for s in summaries if not s.journal_ok])
+    (out / "sweep_report.json").write_text(report.model_dump_json(indent=2))
+    (out / "sweep_report.md").write_text(render_markdown(report))
+    return report
+
+
+def render_markdown(r: SweepReport) -> str:
+    """Failures first: deaths, panics and traps lead; there is no headline pass rate."""
+    lines = [f"# Sweep report ({r.runs} runs)", "", f"Generated by `{r.generator}` from the raw run files.",
+             f"Provenance of the runs: {', '.join(f'{k}: {v}' for k, v in r.provenance.items())}.", ""]
+    if r.journals_failing_verify:
+        lines += [f"**Journals that fail verification:** {', '.join(r.journals_failing_verify)}", ""]
+    lines += ["## Deaths", "", "| chaos | died / runs | rate [95 % CI] |", "|---|---|---|"]
+    lines += [f"| {k} | {v.k}/{v.n} | {v} |" for k, v in r.deaths_by_chaos.items()]
+    lines += ["", "| run | cause | tick | provenance |", "|---|---|---|---|"]
+    lines += [f"| {d['run_id']} | {d['cause']} | {d['tick']} | {d['provenance']} |" for d in r.deaths] or [
+        "| none | | | |"]
+    lines += ["", "## Traps by kind", "", "| trap | natural | injected | mixed |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v.get('natural', 0)} | {v.get('injected', 0)} | {v.get('mixed', 0)} |"
+              for k, v in r.traps_by_kind.items()]
+    lines += ["", f"Natural events from real-model runs: {r.natural_events}; injected events: {r.injected_events}.", "",
+              "## Recovery", "", f"- streaks recovered before a panic: {r.recovery}",
+              f"- MTTR in ticks: p50 {r.mttr_ticks.p50}, p95 {r.mttr_ticks.p95}, max {r.mttr_ticks.max} "
+              f"(n={r.mttr_ticks.n})",
+              f"- MTTR in seconds: p50 {r.mttr_s.p50}, p95 {r.mttr_s.p95} (n={r.mttr_s.n})", "",
+              "## Schema violations (raw text, scored before any clean-up)", "",
+              f"- strict violation rate: {r.strict_violation}", f"- lenient violation rate: {r.lenient_violation}",
+              f"- classes: {', '.join(f'{k} {v}' for k, v in r.violation_classes.items()) or 'none'}", "",
+              "## Latency per model call (real models only)", "",
+              f"- p50 {r.latency_ms.p50} ms, p95 {r.latency_ms.p95} ms, n={r.latency_ms.n}", "",
+              "## Runs by status", ""]
+    lines += [f"- {k}: {v}" for k, v in r.runs_by_status.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""`bloodwork replay RUN`: run a recorded run again from its raw outputs and seeds, and compare.
+
+The replayed model answers with the recorded raw texts (errors and injected oracle faults included);
+the fault plan keeps the original's key, so every kernel-level injection is decided as it was. What
+must come out the same is the journal's sequence of ops, traps, chaos, panics, recoveries and death.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from bloodwork.chaos.plan import ChaosProfile
+from bloodwork.chronos.journal import Event, read_events
+from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.kernel import Kernel, KernelConfig
+from bloodwork.oracles.replay import ReplayOracle
+from bloodwork.tasks.registry import load_task
+
+COMPARED = ("tick", "trap", "chaos", "panic", "recovery", "death", "halt")
+
+
+class ReplayReport(BaseModel):
+    original: str
+    replay: str
+    replay_dir: str
+    same: bool
+    compared: int
+    original_status: str
+    replay_status: str
+    first_divergence: dict[str, object] | None = None
+
+
+def signature(events: list[Event]) -> list[tuple[int, str, str]]:
+    """What a replay must reproduce: per event its tick, kind and what kind of thing happened."""
+    out = []
+    for e in events:
+        if e.kind not in COMPARED:
+            continue
+        detail = {"tick": lambda d: f"{d.get('op')}|{','.join(d.get('traps', []))}",
+                  "trap": lambda d: f"{d['kind']}|injected={d.get('injected')}",
+                  "chaos": lambda d: str(d.get("kind")),
+                  "panic": lambda d: str(d.get("cause")), "death": lambda d: str(d.get("cause")),
+                  "recovery": lambda d: str(d.get("mttr_ticks")), "halt": lambda d: ""}[e.kind](e.data)
+        out.append((e.tick, e.kind, detail))
+    return out
+
+
+def replay_run(run_dir: Path, out_dir: Path) -> ReplayReport:
+    paths = RunPaths(run_dir)
+    manifest = RunManifest.load(paths)
+    task = load_task(manifest.task_source or manifest.task)
+    oracle = ReplayOracle(f"replay:{run_dir}", str(run_dir))
+    config = KernelConfig.model_validate(manifest.config)
+    run_id = f"{manifest.run_id}-replay-{time.strftime('%Y%m%d-%H%M%S')}"
+    kernel = Kernel.create(task, oracle, out_dir=out_dir, config=config, seed=manifest.seed,
+                           chaos=ChaosProfile.model_validate(manifest.chaos), run_id=run_id,
+                           chaos_key=manifest.chaos_key or manifest.run_id, replay_of=manifest.run_id,
+                           command_line=["bloodwork", "replay", str(run_dir)])
+    result = kernel.run()
+    original = signature(read_events(paths.journal))
+    replayed = signature(read_events(kernel.paths.journal))
+    divergence = None
+    for i, (a, b) in enumerate(zip(original, replayed, strict=False)):
+        if a != b:
+            divergence = {"index": i, "original": list(a), "replay": list(b)}
+            break
+    if divergence is None and len(original) != len(replayed):
+        i = min(len(original), len(replayed))
+        divergence = {"index": i, "original": list(original[i]) if i < len(original) else None,
+                      "replay": list(replayed[i]) if i < len(replayed) else None}
+    return ReplayReport(original=manifest.run_id, replay=run_id, replay_dir=str(kernel.paths.root),
+                        same=divergence is None, compared=len(original), original_status=manifest.status.value,
+                        replay_status=result.status.value, first_divergence=divergence)

@@ -1,0 +1,210 @@
+"""`bloodwork sweep`: a grid of runs (tasks x models x chaos x seeds), in parallel, resumable.
+
+All workers live in one process and share one oracle per model spec: an embedded model is loaded once
+(~400 MB) instead of once per worker, and its generation lock queues the workers' calls. What runs in
+parallel is everything else: sandboxed commands, verifiers, journaling. A sweep directory holds
+`sweep.json` (the grid) and `runs/<cell_id>/` per cell; running the same sweep again skips finished
+cells, resumes interrupted ones and starts the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bloodwork.chaos.plan import ChaosConfigError, ChaosProfile, apply_overrides, load_profile
+from bloodwork.chronos.files import atomic_write
+from bloodwork.chronos.run import RunManifest, RunPaths, RunStatus
+from bloodwork.kernel import Kernel, KernelConfig, KernelCrash
+from bloodwork.oracles.base import Oracle
+from bloodwork.oracles.registry import make_oracle
+from bloodwork.tasks.registry import load_task
+
+TERMINAL = {RunStatus.COMPLETED.value, RunStatus.DIED.value, RunStatus.MAX_TICKS.value, RunStatus.CRASHED.value}
+
+
+class SweepError(ValueError):
+    """The sweep's grid is invalid, or the directory holds a different sweep."""
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(min_length=1)
+    models: list[str] = Field(min_length=1)
+    chaos: list[str] = Field(min_length=1, description="profile names or KIND=RATE[,KIND=RATE] entries")
+    seeds: list[int] = Field(min_length=1)
+    ticks: int = Field(default=60, ge=1)
+    panic_budget: int = Field(default=3, ge=1)
+    workers: int = Field(default=2, ge=1)
+    config: dict[str, Any] = Field(default_factory=dict, description="kernel config overrides")
+    model_options: dict[str, Any] = Field(default_factory=dict)
+
+    def grid_key(self) -> dict[str, Any]:
+        """What makes two sweeps the same sweep (the worker count does not)."""
+        return self.model_dump(exclude={"workers"})
+
+
+class Cell(BaseModel):
+    cell_id: str
+    task: str
+    model: str
+    chaos: str
+    seed: int
+
+
+class CellResult(BaseModel):
+    cell_id: str
+    status: str
+    ticks: int
+    cause_of_death: str | None = None
+    action: str
+    error: str | None = None
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    if len(slug) > limit:
+        slug = slug[: limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return slug
+
+
+def cells(spec: SweepSpec) -> list[Cell]:
+    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}", task=t, model=m, chaos=c, seed=s)
+            for t in spec.tasks for m in spec.models for c in spec.chaos for s in spec.seeds]
+
+
+def chaos_profile(entry: str) -> ChaosProfile:
+    """A profile name or file, or `KIND=RATE,KIND=RATE` on top of `off`."""
+    if "=" not in entry:
+        return load_profile(entry)
+    rates: dict[str, float] = {}
+    for part in entry.split(","):
+        kind, _, value = part.partition("=")
+        try:
+            rates[kind.strip()] = float(value)
+        except ValueError as err:
+            raise ChaosConfigError(f"chaos entry {entry!r}: {value!r} is not a number") from err
+    return apply_overrides(ChaosProfile(name=entry), rates, env={}).model_copy(update={"name": entry})
+
+
+def _cell_state(run_dir: Path) -> str | None:
+    paths = RunPaths(run_dir)
+    if not paths.registers.is_file():
+        return None
+    manifest = RunManifest.load(paths)
+    return manifest.status.value
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, out: Path) -> None:
+        self.spec = spec
+        self.out = out
+        self.runs = out / "runs"
+        self._oracles: dict[str, Oracle] = {}
+        self._oracle_lock = threading.Lock()
+        self._kernels: dict[str, Kernel] = {}
+        self._stopping = False
+        # Validate everything that can be wrong before any run starts.
+        self.profiles = {c: chaos_profile(c) for c in spec.chaos}
+        self.tasks = {t: load_task(t) for t in spec.tasks}
+        self.config = KernelConfig.model_validate({**spec.config, "max_ticks": spec.ticks,
+                                                   "panic_budget": spec.panic_budget})
+
+    def prepare(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.runs.mkdir(exist_ok=True)
+        saved = self.out / "sweep.json"
+        if saved.is_file():
+            before = SweepSpec.model_validate_json(saved.read_text())
+            if before.grid_key() != self.spec.grid_key():
+                raise SweepError(f"{self.out} holds a different sweep; choose another --out")
+        atomic_write(saved, self.spec.model_dump_json(indent=2))
+
+    def oracle(self, spec: str, seed: int) -> Oracle:
+        key = f"{spec}|{seed}"
+        with self._oracle_lock:
+            if key not in self._oracles:
+                self._oracles[key] = make_oracle(spec, seed=seed, **self.spec.model_options)
+            return self._oracles[key]
+
+    def pending(self) -> list[Cell]:
+        return [c for c in cells(self.spec) if _cell_state(self.runs / c.cell_id) not in TERMINAL]
+
+    def run_cell(self, cell: Cell, on_tick: Callable[[dict[str, Any]], None] | None = None) -> CellResult:
+        run_dir = self.runs / cell.cell_id
+        state = _cell_state(run_dir)
+        if state in TERMINAL:
+            m = RunManifest.load(RunPaths(run_dir))
+            return CellResult(cell_id=cell.cell_id, status=m.status.value, ticks=m.ticks,
+                              cause_of_death=m.cause_of_death, action="kept")
+        task = load_task(cell.task)
+        oracle = self.oracle(cell.model, cell.seed)
+        if state is None:
+            if run_dir.exists():  # a cell that died before its first commit: start it clean
+                shutil.rmtree(run_dir)
+            kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
+                                   chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
+                                   command_line=["bloodwork", "sweep", str(self.out)],
+                                   model_options={"seed": cell.seed, **self.spec.model_options})
+            action = "ran"
+        else:
+            kernel = Kernel.resume(run_dir, task, oracle)
+            action = "resumed"
+        self._kernels[cell.cell_id] = kernel
+        kernel.on_tick = on_tick
+        if self._stopping:
+            kernel._stop_reason = "sweep interrupted"
+        try:
+            result = kernel.run()
+        except KernelCrash as err:
+            return CellResult(cell_id=cell.cell_id, status="crashed", ticks=kernel.R.tick, action=action,
+                              error=str(err))
+        finally:
+            self._kernels.pop(cell.cell_id, None)
+        return CellResult(cell_id=cell.cell_id, status=result.status.value, ticks=result.ticks,
+                          cause_of_death=result.cause_of_death, action=action)
+
+    def stop(self) -> None:
+        """Ask every running cell to stop after its current tick (it can be resumed later)."""
+        self._stopping = True
+        for kernel in list(self._kernels.values()):
+            kernel._stop_reason = "sweep interrupted"
+
+    def run(self, on_cell: Callable[[CellResult], None] | None = None,
+            on_tick: Callable[[str, dict[str, Any]], None] | None = None) -> list[CellResult]:
+        self.prepare()
+        todo = cells(self.spec)
+        results: list[CellResult] = []
+        with ThreadPoolExecutor(max_workers=self.spec.workers, thread_name_prefix="cell") as pool:
+            futures = {pool.submit(self._run_watched, c, on_tick): c for c in todo}
+            try:
+                for future in as_completed(futures):
+                    res = future.result()
+                    results.append(res)
+                    if on_cell:
+                        on_cell(res)
+            except KeyboardInterrupt:
+                self.stop()
+                for future in futures:
+                    future.cancel()
+                raise
+        return results
+
+    def _run_watched(self, cell: Cell, on_tick: Callable[[str, dict[str, Any]], None] | None) -> CellResult:
+        if self._stopping:
+            return CellResult(cell_id=cell.cell_id, status="not started", ticks=0, action="skipped")
+        callback = (lambda info: on_tick(cell.cell_id, info)) if on_tick else None
+        return self.run_cell(cell, callback)
+
+    def close(self) -> None:
+        for oracle in self._oracles.values():
+            oracle.close()
