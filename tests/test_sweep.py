@@ -1,0 +1,55 @@
+"""A sweep runs its grid, and an interrupted sweep resumes without redoing finished runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from bloodwork.chronos.files import sha256_file
+from bloodwork.sweep import Sweep, SweepError, SweepSpec, cells
+from tests.conftest import make_task, requires_bwrap
+
+POLICY = '''
+import json, time
+
+def policy(call, messages):
+    time.sleep(0.01)
+    op = {"name": "SYS_EXEC", "cmd": "echo %d >> log.txt" % call.tick}
+    return json.dumps({"thought": "", "q_next": "", "op": op})
+'''
+
+
+@requires_bwrap
+def test_interrupted_sweep_resumes_without_redoing(tmp_path):
+    task = make_task(tmp_path)
+    script = tmp_path / "p.py"
+    script.write_text(POLICY)
+    spec = SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off", "exec_fail=0.5"], seeds=[0, 1],
+                     ticks=12, workers=1)
+    first = Sweep(spec, tmp_path / "sweep")
+
+    def stop_after_first(res):
+        first.stop()
+
+    done = first.run(on_cell=stop_after_first)
+    finished = [r for r in done if r.status == "max_ticks"]
+    assert len(finished) >= 1 and len(done) == 4
+    kept = {r.cell_id: sha256_file(tmp_path / "sweep" / "runs" / r.cell_id / ".journal.log") for r in finished}
+
+    second = Sweep(spec, tmp_path / "sweep")
+    results = {r.cell_id: r for r in second.run()}
+    assert len(results) == 4 and all(r.status == "max_ticks" for r in results.values())
+    for cell_id, digest in kept.items():
+        assert results[cell_id].action == "kept"
+        assert sha256_file(tmp_path / "sweep" / "runs" / cell_id / ".journal.log") == digest
+    assert {r.action for r in results.values()} - {"kept"} <= {"ran", "resumed"}
+    assert len({c.cell_id for c in cells(spec)}) == 4
+
+
+def test_a_different_grid_in_the_same_directory_is_refused(tmp_path):
+    task = make_task(tmp_path)
+    script = tmp_path / "s.yaml"
+    script.write_text("- x\n")
+    Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[0]), tmp_path / "s").prepare()
+    with pytest.raises(SweepError):
+        Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[1]),
+              tmp_path / "s").prepare()
