@@ -49,7 +49,8 @@ def test_a_different_grid_in_the_same_directory_is_refused(tmp_path):
     task = make_task(tmp_path)
     script = tmp_path / "s.yaml"
     script.write_text("- x\n")
-    Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[0]), tmp_path / "s").prepare()
+    Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[0]),
+          tmp_path / "s").prepare()
     with pytest.raises(SweepError):
         Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[1]),
               tmp_path / "s").prepare()

@@ -6,11 +6,10 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import frame, requires_bwrap
-
 from bloodwork.chronos.files import sha256_file
 from bloodwork.evidence.extract import extract
 from bloodwork.evidence.replay import replay_run
+from tests.conftest import frame, requires_bwrap
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
 MISSING = frame({"name": "SYS_READ", "path": "missing.txt"})
@@ -21,7 +20,8 @@ WRITE = frame({"name": "SYS_WRITE", "path": "w.txt", "content": "abcdef"})
 def test_planted_events_are_counted_exactly_once(runner, tmp_path):
     # run 1 (natural): PAGE_FAULT at 1, recovery at 2; then 3 violations -> panic at 5; then death by 3 more
     # and 3 more violations (panic budget 3: panics at 5, 8, 11; death at 11).
-    replies = [READ_A, MISSING, frame({"name": "SYS_READ", "path": "b.txt"}), "x", "y", "z", "x", "y", "z", "x", "y", "z"]
+    read_b = frame({"name": "SYS_READ", "path": "b.txt"})
+    replies = [READ_A, MISSING, read_b, "x", "y", "z", "x", "y", "z", "x", "y", "z"]
     _, natural = runner.run(replies, run_id="nat", panic_budget=3)
     # run 2 (injected): three writes denied by chaos -> 3 injected IO_FAULT traps and an injected panic
     _, injected = runner.run([WRITE] * 3, chaos={"write_deny": 1.0}, run_id="inj", panic_budget=5)
