@@ -173,22 +173,27 @@ class Kernel:
         return kernel
 
     @classmethod
-    def resume(cls, run_dir: Path, task: Task, oracle: Oracle) -> Kernel:
+    def resume(cls, run_dir: Path, task: Task, oracle: Oracle, *, max_ticks: int | None = None) -> Kernel:
+        """Continue a run from its last committed tick (with `max_ticks`, to a new horizon: forks use it)."""
         paths = RunPaths(run_dir)
         if not paths.manifest.is_file() or not paths.registers.is_file():
             raise KernelError(f"{run_dir} is not a bloodwork run directory")
         manifest = RunManifest.load(paths)
         registers = Registers.model_validate_json(paths.registers.read_text())
-        ended = registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+        extendable = registers.status == RunStatus.MAX_TICKS and max_ticks is not None and max_ticks > registers.tick
+        ended = registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) and not extendable
         if ended and manifest.status == registers.status:
             raise KernelError(f"run {manifest.run_id} has ended ({registers.status.value}); nothing to resume")
         if ended:
             # Killed after its last commit but before the manifest was final: only finish the paperwork.
             kernel = cls(paths, task, oracle, KernelConfig.model_validate(manifest.config), manifest, registers,
                          ChaosProfile.model_validate(manifest.chaos))
+            manifest.resumes += 1
             kernel._finish()
             return kernel
         recovered = cls._truncate_uncommitted(paths, registers)
+        if max_ticks is not None:
+            manifest.config["max_ticks"] = max_ticks
         config = KernelConfig.model_validate(manifest.config)
         chaos = ChaosProfile.model_validate(manifest.chaos)
         registers.status = RunStatus.RUNNING
