@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.conftest import events, frame, requires_bwrap
 
 from bloodwork.chaos.plan import ChaosConfigError, ChaosProfile, FaultPlan, apply_overrides, load_profile
 from bloodwork.chronos.files import read_jsonl
+from tests.conftest import events, frame, requires_bwrap
 
 
 def decisions(seed: int, run_id: str = "run") -> list[bool]:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import requires_bwrap
 
 from bloodwork.chronos.context_log import messages_at
+from tests.conftest import requires_bwrap
 
 POLICY = '''
 import json

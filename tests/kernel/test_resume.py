@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import make_task, requires_bwrap
-
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
+from tests.conftest import make_task, requires_bwrap
 
 TICKS = 36
 POLICY = '''

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.conftest import events, frame, requires_bwrap
 
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify
 from bloodwork.chronos.run import RunStatus
+from tests.conftest import events, frame, requires_bwrap
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
 READ_B = frame({"name": "SYS_READ", "path": "b.txt"})
