@@ -99,6 +99,9 @@ def run(
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits).")] = None,
     policy: Annotated[str | None, typer.Option(help="Context policy: pinned, window, masked, unbounded.")] = None,
     budget: Annotated[int | None, typer.Option(help="Context budget in tokens.")] = None,
+    probe_every: Annotated[int | None, typer.Option(help="Ask a goal probe every K ticks (0 = off).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
+    = None,
 ) -> None:
     """Run TASK with MODEL until it halts, dies or runs out of ticks.
 
@@ -106,13 +109,16 @@ def run(
     """
     try:
         cfg = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=policy, budget=budget)
+        if probe_every is not None:
+            cfg.probe_every = probe_every
         profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
         the_task = load_task(task)
-        oracle = make_oracle(model, seed=seed)
+        options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
+        oracle = make_oracle(model, **options)
         if not _writable(out):
             raise UserError(f"output folder {out} is not writable")
         kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
-                               command_line=["bloodwork", *sys.argv[1:]], model_options={"seed": seed})
+                               command_line=["bloodwork", *sys.argv[1:]], model_options=options)
     except (UserError, *USER_ERRORS) as err:
         fail(_one_line(err))
     try:
