@@ -463,6 +463,56 @@ def tasks_list() -> None:
     console.print(table)
 
 
+@tasks_app.command("import")
+def tasks_import(
+    file: Annotated[Path, typer.Argument(help="SWE-bench-style JSONL (instance_id, repo, base_commit, ...).")],
+    repo_dir: Annotated[Path, typer.Option(help="A local git checkout of the instances' repository.")],
+    out: Annotated[Path, typer.Option(help="Folder for the instance files.")] = Path("tasks/imported"),
+) -> None:
+    """Import SWE-bench-style instances; each becomes a file runnable with `bloodwork run FILE`.
+
+    Example: bloodwork tasks import instances.jsonl --repo-dir ~/src/sqlparse --out tasks/sqlparse
+    """
+    from bloodwork.tasks.repofix.instance import import_instances, write_instance
+
+    try:
+        instances = import_instances(file, repo_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for inst in instances:
+            write_instance(inst, out / f"{inst.instance_id}.yaml")
+    except USER_ERRORS as err:
+        fail(_one_line(err))
+    console.print(f"imported {len(instances)} instances into {out}")
+
+
+@tasks_app.command("validate")
+def tasks_validate(
+    ids: Annotated[list[str] | None, typer.Argument(help="Instance ids or instance files (default: all built-in).")]
+    = None,
+) -> None:
+    """Check each repo-fix instance: the base code fails FAIL_TO_PASS, the gold patch passes every hidden test.
+
+    Example: bloodwork tasks validate sqlparse-784
+    """
+    from bloodwork.tasks.repofix.instance import builtin_instance, load_instance_file
+    from bloodwork.tasks.repofix.validate import validate_instances
+
+    try:
+        chosen = [load_instance_file(Path(i)) if Path(i).is_file() else builtin_instance(i) for i in ids] if ids \
+            else None
+        with err_console.status("validating (the first run downloads the pinned sdists)"):
+            results = validate_instances(chosen)
+    except USER_ERRORS as err:
+        fail(_one_line(err))
+    table = Table("instance", "ok", "base fails F2P", "gold passes all", "problems", "seconds")
+    for r in results:
+        table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.base_fails_f2p),
+                      str(r.gold_passes_all), "; ".join(r.problems)[:80], f"{r.duration_s:.1f}")
+    console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
 @isa_app.command("schema")
 def isa_schema() -> None:
     """Print the frame's JSON Schema (generated from the code).

@@ -1,0 +1,4 @@
+#!/bin/sh
+# stop the kvd service (see service/README.md).
+cd "$(dirname "$0")/.." || exit 1
+exec python3 service/app.py stop --config service/config.json
