@@ -21,4 +21,12 @@ def make_oracle(spec: str, **options: object) -> Oracle:
         from bloodwork.oracles.replay import ReplayOracle
 
         return ReplayOracle(spec, rest)
+    if scheme == "local":
+        from bloodwork.oracles.local import make_local_oracle
+
+        return make_local_oracle(spec, rest, **options)
+    if scheme in ("openai", "gemini", "kimi"):
+        from bloodwork.oracles.openai_compat import OpenAICompatOracle
+
+        return OpenAICompatOracle(spec, scheme, rest, **options)
     raise OracleConfigError(f"unknown model spec {spec!r} (expected one of: {SPEC_HELP})")
