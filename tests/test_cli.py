@@ -113,3 +113,45 @@ def test_every_command_help_has_an_example():
                  ["extract"], ["replay"], ["profile"], ["serve"], ["tasks", "import"], ["tasks", "validate"]):
         res = cli(*args, "--help")
         assert res.returncode == 0 and "Example:" in res.stdout, args
+
+
+def test_serve_refuses_a_port_in_use():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert_one_line_error(cli("serve", "--model", "local:smollm2", "--port", str(port)), 2, "already in use")
+
+
+def test_api_spec_without_a_key(tmp_path, monkeypatch):
+    folder = make_task(tmp_path)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("OPENAI_", "GEMINI_", "KIMI_",
+                                                                                  "MOONSHOT_"))}
+    res = subprocess.run([sys.executable, "-m", "bloodwork.cli", "run", str(folder), "--model", "gemini:gemini-2.0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(res, 2, "GEMINI_API_KEY")
+
+
+def test_adapter_path_that_is_not_an_adapter(tmp_path):
+    folder = make_task(tmp_path)
+    assert_one_line_error(cli("run", str(folder), "--model", f"local:smollm2+lora={tmp_path}"), 2, "adapter")
+
+
+@requires_bwrap
+def test_a_kernel_crash_exits_3_and_leaves_a_readable_journal(tmp_path):
+    folder = make_task(tmp_path)
+    script = tmp_path / "boom.py"
+    script.write_text("import json\n\ndef policy(call, messages):\n    if call.tick == 2:\n"
+                      "        raise RuntimeError('bug in the policy')\n"
+                      "    return json.dumps({'thought': '', 'q_next': '', 'op': {'name': 'SYS_EXEC', "
+                      "'cmd': 'echo %d' % call.tick}})\n")
+    res = cli("run", str(folder), "--model", f"scripted:{script}", "--out", str(tmp_path), "--run-id", "c")
+    assert res.returncode == 3 and "Traceback" not in res.stderr and "crash" in res.stderr
+    run = tmp_path / "c"
+    assert "bug in the policy" in (run / "crash.txt").read_text()
+    assert '"status": "crashed"' in (run / "run.json").read_text()
+    assert cli("verify", str(run)).returncode == 0
+    kinds = [__import__("json").loads(x)["kind"] for x in (run / ".journal.log").read_text().splitlines()]
+    assert kinds.count("tick") == 2 and kinds[-1] == "crash"

@@ -45,7 +45,7 @@ def summarize(run_dir: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ticks", type=int, default=40)
+    parser.add_argument("--ticks", type=int, default=30)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--models", default="local:smollm2,local:smollm2+constrained")
     parser.add_argument("--max-new-tokens", type=int, default=96)
