@@ -63,7 +63,8 @@ def test_kill9_and_resume_loses_and_duplicates_nothing(tmp_path: Path):
     assert kills >= 2, "the run finished before it could be killed twice; slow the policy down"
 
     manifest = json.loads((run_dir / "run.json").read_text())
-    assert manifest["status"] == "completed" and manifest["resumes"] >= kills
+    # a kill that lands while `resume` is still starting up leaves no resume behind: at most one per kill
+    assert manifest["status"] == "completed" and 1 <= manifest["resumes"] <= kills
     trace = read_jsonl(run_dir / "trace.jsonl")
     assert [r["tick"] for r in trace] == list(range(TICKS))
     journal = read_events(run_dir / ".journal.log")
