@@ -423,7 +423,7 @@ def profile(
         f, e = run.forgetting, run.eviction
         verdict = "n/a" if f.flagged is None else ("FORGETS" if f.flagged else "no late forgetting")
         onset = f" from tick {f.onset_tick}" if f.flagged and f.onset_tick is not None else ""
-        console.print(f"{run.run_id} [{run.provenance}, {e.policy}]: {verdict}{onset}; context max {e.max_tokens} / "
+        console.print(f"{run.run_id} ({run.provenance}, {e.policy}): {verdict}{onset}; context max {e.max_tokens} / "
                       f"p95 {e.p95_tokens} of {e.budget} tokens ({e.ticks_over_budget} ticks over), slope "
                       f"{e.slope_second_half.slope} tok/tick (2nd half); refetch {e.refetch}")
     console.print(f"profile: {out / 'context_decay_profile.json'}\nheatmaps: {out}/*.png")

@@ -114,3 +114,13 @@ def test_register_is_bounded(runner):
     trace = read_jsonl(paths.trace)
     assert len(trace[0]["q_next"]) == 100
     assert any(e.data["section"] == "register" for e in events(paths, "evict"))
+
+
+@requires_bwrap
+def test_window_policy_repins_the_goal_after_a_panic(runner):
+    reads = [frame({"name": "SYS_READ", "path": p}) for p in ("a.txt", "b.txt", "sub/c.txt")]
+    replies = reads + ["x", "y", "z"] + reads
+    _, paths = runner.run(replies, context={"policy": "window", "window": 3}, panic_budget=5)
+    goal = [r["tokens"]["goal"] > 0 for r in read_jsonl(paths.context_ticks)]
+    # pinned at 0, gone from tick 3; the panic at tick 5 re-pins it for ticks 6-8
+    assert goal == [True, True, True, False, False, False, True, True, True]

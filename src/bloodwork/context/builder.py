@@ -106,8 +106,12 @@ class ContextBuilder:
                               reason=f"register over {limit} chars")
 
     def build(self, history: list[HistoryEntry], q: str, d: str, slice_text: str,
-              goal_in_history: bool, tick: int) -> tuple[BuiltContext, bool]:
-        """Returns the context and whether the goal is still in it (for `window`)."""
+              goal_in_history: bool, tick: int, goal_pinned_at: int = 0) -> tuple[BuiltContext, bool]:
+        """Returns the context and whether the goal is still in it.
+
+        Under `window` the goal is a message like any other: it leaves once it is `window` ticks older
+        than the tick it was (re-)pinned at (the start, or the last panic's recovery).
+        """
         cfg = self.config
         evictions: list[Eviction] = []
         goal_present = goal_in_history or cfg.policy != "window"
@@ -116,7 +120,7 @@ class ContextBuilder:
                 old = history.pop(0)
                 evictions.append(Eviction(section="history", tick=old.tick, reason=f"outside the last {cfg.window}",
                                           tokens=self.count(old.action) + self.count(old.observation)))
-            if goal_present and tick >= cfg.window:
+            if goal_present and tick - goal_pinned_at >= cfg.window:
                 evictions.append(Eviction(section="goal", tick=GOAL_TICK, tokens=self.count(self.goal_text),
                                           reason=f"the goal is older than the last {cfg.window} ticks"))
                 goal_present = False

@@ -82,6 +82,7 @@ class Registers(BaseModel):
     panic_budget_left: int
     panics: int = 0
     goal_in_history: bool = True
+    goal_pinned_at: int = 0
     history_span: tuple[int, int] | None = None
     masked_below: int = -1
     streak: Streak | None = None
@@ -284,7 +285,8 @@ class Kernel:
         started = time.perf_counter()
         chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
         slice_text = self._observe()
-        ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick)
+        ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick,
+                                               R.goal_pinned_at)
         ctx_history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
         probe = self._probe(tick, ctx.messages) if self.config.probe_every and tick % self.config.probe_every == 0 \
             else None
@@ -379,6 +381,7 @@ class Kernel:
             self.history.clear()
             self.detectors.reset()
             R.goal_in_history = True
+            R.goal_pinned_at = tick + 1
             J.stage(tick, "panic", {"cause": panic_kind.value, "streak": R.streak.model_dump() if R.streak else None,
                                     "budget_left": R.panic_budget_left, "panic_no": R.panics})
             R.streak = None
