@@ -110,7 +110,8 @@ def test_isa_schema_prints_json():
 
 def test_every_command_help_has_an_example():
     for args in (["run"], ["resume"], ["verify"], ["show"], ["tasks", "list"], ["isa", "schema"], ["sweep"],
-                 ["extract"], ["replay"], ["profile"], ["serve"], ["tasks", "import"], ["tasks", "validate"]):
+                 ["extract"], ["replay"], ["profile"], ["serve"], ["tasks", "import"], ["tasks", "validate"],
+                 ["dataset", "build"], ["fork"], ["train"], ["matrix"], ["matrix", "freeze"]):
         res = cli(*args, "--help")
         assert res.returncode == 0 and "Example:" in res.stdout, args
 

@@ -522,6 +522,18 @@ def isa_schema() -> None:
     print(json.dumps(isa.json_schema(), indent=2))
 
 
+def _register_upper_layers() -> None:
+    """Dataset, training and matrix commands live with their packages; they add themselves here."""
+    from bloodwork.data.cli import register as register_data
+    from bloodwork.matrix.cli import register as register_matrix
+
+    register_data(app)
+    register_matrix(app)
+
+
+_register_upper_layers()
+
+
 def main() -> None:
     try:
         app()

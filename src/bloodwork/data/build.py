@@ -1,0 +1,255 @@
+"""`bloodwork dataset build`: pools from verified journals, deduplicated, split by run, mixed, written
+in TRL's formats with stats, a split-leak check and a manifest of sha256s.
+
+Order matters and is fixed: mine -> split by run -> deduplicate within each split -> drop train rows
+whose state is (exactly or nearly) a test row's -> mix per split -> write. SFT gets the selected golden
+and recovery rows, KTO all selected rows (rejected ones labelled false), DPO the same-prompt pairs:
+pairs from `bloodwork fork` directories given as inputs, and pairs the pools contain naturally (one
+state answered well in one run and badly in another).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bloodwork.chronos.files import atomic_write, sha256_file
+from bloodwork.chronos.run import now_iso
+from bloodwork.data.dedup import deduplicate, drop_test_matches
+from bloodwork.data.fork import ForkRecord, find_forks, is_fork_artifact
+from bloodwork.data.formats import (
+    FILE_KINDS,
+    MANIFEST_FILE,
+    POOLS,
+    SPLITS,
+    SPLITS_FILE,
+    STATS_FILE,
+    DatasetManifest,
+    DatasetStats,
+    DedupCounts,
+    DpoMeta,
+    DpoRow,
+    DpoStats,
+    FileEntry,
+    KtoRow,
+    MixReport,
+    Pool,
+    RowMeta,
+    SftRow,
+    SplitName,
+    assistant,
+    write_jsonl,
+)
+from bloodwork.data.lengths import measure_lengths
+from bloodwork.data.mine import Example, RunView
+from bloodwork.data.mix import apply_mix
+from bloodwork.data.split import assign_splits, check_split_leak
+from bloodwork.evidence.extract import find_runs
+
+SAME_PROMPT_PAIRS_PER_STATE = 4
+
+
+class BuildError(ValueError):
+    """Nothing usable under the inputs, or an output directory that holds something else."""
+
+
+class BuildOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mix: dict[str, float]
+    test_fraction: float = Field(default=0.25, ge=0, lt=1)
+    holdout_tasks: list[str] = Field(default_factory=list)
+    seed: int = 0
+    include_scripted: bool = False
+    near_threshold: float = Field(default=0.9, gt=0, le=1)
+    size: int | None = Field(default=None, ge=1, description="cap on rows per split after the mix")
+    exact_lengths: bool = Field(default=True, description="count tokens with the SmolLM2 tokenizer when it is there")
+
+
+def _meta(e: Example, split: SplitName) -> RowMeta:
+    return RowMeta(row_id=e.row_id, pool=e.pool, run_id=e.run_id, group=e.group, task=e.task, tick=e.tick,
+                   provenance=e.provenance, model=e.model, source=e.source, split=split, prompt_sha256=e.prompt_sha,
+                   op=e.op or "", traps=",".join(e.traps), detail=e.detail)
+
+
+def _pair_id(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def _same_prompt_pairs(examples: list[Example], split: SplitName) -> list[DpoRow]:
+    """States answered well in one run and badly in another (e.g. tick 0 of two models on one task)."""
+    by_prompt: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_prompt[e.prompt_sha].append(e)
+    rows: list[DpoRow] = []
+    for sha, same in sorted(by_prompt.items()):
+        good = [e for e in same if e.positive]
+        bad = [e for e in same if not e.positive]
+        pairs = [(g, b) for g in good for b in bad if g.completion != b.completion][:SAME_PROMPT_PAIRS_PER_STATE]
+        for g, b in pairs:
+            rows.append(DpoRow(prompt=g.prompt, chosen=assistant(g.completion), rejected=assistant(b.completion),
+                               meta=DpoMeta(pair_id=_pair_id(g.row_id, b.row_id), source="same-prompt", fork_id="",
+                                            run_id=g.run_id, group=g.group, task=g.task, tick=g.tick,
+                                            provenance=g.provenance if g.provenance == b.provenance else "mixed",
+                                            model=f"{g.model} | {b.model}", split=split,
+                                            prompt_sha256=sha, chosen_label=g.pool, rejected_label=b.pool,
+                                            chosen_op=g.op or "", rejected_op=b.op or "")))
+    return rows
+
+
+def _fork_pairs(fork: ForkRecord, split: SplitName) -> list[DpoRow]:
+    rows = []
+    by_index = {c.index: c for c in fork.candidates}
+    for pair in fork.pairs:
+        c, r = by_index[pair.chosen], by_index[pair.rejected]
+        rows.append(DpoRow(prompt=fork.prompt, chosen=assistant(c.text), rejected=assistant(r.text),
+                           meta=DpoMeta(pair_id=_pair_id(fork.fork_id, c.index, r.index), source="fork",
+                                        fork_id=fork.fork_id, run_id=fork.run_id, group=fork.group, task=fork.task,
+                                        tick=fork.tick, provenance=fork.provenance, model=fork.model, split=split,
+                                        prompt_sha256=fork.prompt_sha256, chosen_label=c.label,
+                                        rejected_label=r.label, chosen_op=c.op or "", rejected_op=r.op or "")))
+    return rows
+
+
+@dataclass
+class _Collected:
+    """What the inputs hold, before deduplication."""
+
+    examples: list[Example] = field(default_factory=list)
+    forks: list[ForkRecord] = field(default_factory=list)
+    runs_used: int = 0
+    excluded: Counter[str] = field(default_factory=Counter)
+    failing: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    group_tasks: dict[str, str] = field(default_factory=dict)
+
+
+def _collect(inputs: list[Path], options: BuildOptions, on_run: Callable[[int, int], None] | None) -> _Collected:
+    found: list[tuple[Path, str]] = []
+    missing = [str(p) for p in inputs if not p.exists()]
+    if missing:
+        raise BuildError(f"{', '.join(missing)} does not exist")
+    for path in inputs:
+        try:
+            found += [(run, str(path)) for run in find_runs([path])]
+        except ValueError:
+            if not find_forks([path]):
+                raise BuildError(f"no run or fork directories under {path}") from None
+    got = _Collected()
+    seen: set[str] = set()
+    allowed = {"real"} | ({"scripted", "replay"} if options.include_scripted else set())
+    for i, (run, source) in enumerate(found):
+        if on_run:
+            on_run(i, len(found))
+        if is_fork_artifact(run):
+            got.excluded["fork artifacts (rebuilt or branched runs)"] += 1
+            continue
+        view = RunView(run, source)
+        if view.run_id in seen:
+            got.excluded["the same run reached twice"] += 1
+            continue
+        seen.add(view.run_id)
+        if view.provenance not in allowed:
+            got.excluded[f"provenance {view.provenance} (use --include-scripted)"] += 1
+            continue
+        if not view.journal_ok:
+            got.failing.append(view.run_id)
+        got.runs_used += 1
+        got.group_tasks[view.group] = view.manifest.task
+        got.examples += view.examples(got.skipped)
+    for fork in find_forks(inputs):
+        if fork.provenance not in allowed:
+            got.excluded[f"fork of provenance {fork.provenance} (use --include-scripted)"] += 1
+            continue
+        got.forks.append(fork)
+        got.group_tasks.setdefault(fork.group, fork.task)
+    if not got.examples and not got.forks:
+        raise BuildError(f"no usable rows under {', '.join(map(str, inputs))} "
+                         f"(excluded: {dict(got.excluded) or 'none'})")
+    return got
+
+
+def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, generator: str,
+                  on_run: Callable[[int, int], None] | None = None) -> DatasetStats:
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
+        raise BuildError(f"{out} is not empty and holds no dataset; choose another --out")
+    got = _collect(inputs, options, on_run)
+    mined = Counter(e.pool for e in got.examples)
+    dedup = DedupCounts()
+    splits = assign_splits(got.group_tasks, test_fraction=options.test_fraction, seed=options.seed,
+                           holdout_tasks=options.holdout_tasks)
+    # Split first, then deduplicate within each split: deduplicating first would keep a state's earliest
+    # copy wherever it happens to be and could empty the test split. The test split wins every collision.
+    by_split: dict[SplitName, list[Example]] = {
+        s: deduplicate([e for e in got.examples if splits.groups[e.group] == s], options.near_threshold, dedup)
+        for s in SPLITS}
+    train = drop_test_matches(by_split["train"], by_split["test"], options.near_threshold)
+    dedup.cross_split = len(by_split["train"]) - len(train)
+    by_split["train"] = train
+    test_prompts = {e.prompt_sha for e in by_split["test"]}
+
+    mix_reports: dict[str, MixReport] = {}
+    files: dict[str, list[BaseModel]] = {}
+    chosen: list[Example] = []
+    dpo = DpoStats(forks=len(got.forks))
+    for split in SPLITS:
+        pools: dict[Pool, list[Example]] = {p: [e for e in by_split[split] if e.pool == p] for p in POOLS}
+        selected, mix_reports[split] = apply_mix(pools, options.mix, seed=options.seed, size=options.size)
+        rows = sorted((e for p in POOLS for e in selected[p]), key=lambda e: (e.run_id, e.tick))
+        chosen += rows
+        files[f"{split}/sft.jsonl"] = [SftRow(messages=[*e.prompt, *assistant(e.completion)], meta=_meta(e, split))
+                                       for e in rows if e.positive]
+        files[f"{split}/kto.jsonl"] = [KtoRow(prompt=e.prompt, completion=assistant(e.completion), label=e.positive,
+                                              meta=_meta(e, split)) for e in rows]
+        natural = _same_prompt_pairs(by_split[split], split)
+        forked = [row for f in got.forks if splits.groups.get(f.group) == split for row in _fork_pairs(f, split)]
+        if split == "train":
+            kept = [r for r in forked if r.meta.prompt_sha256 not in test_prompts]
+            dedup.cross_split += len(forked) - len(kept)
+            forked = kept
+        dpo.same_prompt_pairs += len(natural)
+        dpo.fork_pairs += len(forked)
+        files[f"{split}/dpo.jsonl"] = [*forked, *natural]
+    for f in got.forks:
+        for refusal in f.refused:
+            dpo.refused[refusal.reason_class] = dpo.refused.get(refusal.reason_class, 0) + 1
+
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        for kind in FILE_KINDS:
+            (out / split / f"{kind}.jsonl").unlink(missing_ok=True)
+    for name, rows in files.items():
+        if rows:
+            write_jsonl(out / name, rows)
+    atomic_write(out / SPLITS_FILE, splits.model_dump_json(indent=2))
+    leak = check_split_leak(out)
+    recovery_rows = [e for e in chosen if e.pool == "recovery"]
+    stats = DatasetStats(
+        generator=generator, inputs=[str(p) for p in inputs], runs_used=got.runs_used, runs_excluded=dict(got.excluded),
+        journals_failing_verify=got.failing, candidates={p: mined.get(p, 0) for p in POOLS}, skipped=got.skipped,
+        dedup=dedup, after_dedup={s: dict(Counter(e.pool for e in by_split[s])) for s in SPLITS}, mix=mix_reports,
+        recovery_windows={"complete": sum(e.window_complete for e in recovery_rows),
+                          "partial": sum(not e.window_complete for e in recovery_rows)},
+        by_source=dict(Counter(e.source for e in chosen)), by_provenance=dict(Counter(e.provenance for e in chosen)),
+        by_model=dict(Counter(e.model for e in chosen)), by_task=dict(Counter(e.task for e in chosen)),
+        by_split=dict(Counter(splits.groups[e.group] for e in chosen)), dpo=dpo,
+        files={name: len(rows) for name, rows in files.items()},
+        token_lengths=measure_lengths(out, exact=options.exact_lengths), leak_check=leak)
+    atomic_write(out / STATS_FILE, stats.model_dump_json(indent=2))
+    write_manifest(out, generator=generator, options=options.model_dump(), inputs=[str(p) for p in inputs])
+    return stats
+
+
+def write_manifest(out: Path, *, generator: str, options: dict[str, object], inputs: list[str]) -> DatasetManifest:
+    """The sha256 and size of every file in the dataset directory (the manifest itself aside)."""
+    entries = {str(p.relative_to(out)): FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
+               for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    manifest = DatasetManifest(created_at=now_iso(), generator=generator, options=options, inputs=inputs,
+                               files=entries)
+    atomic_write(out / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+    return manifest

@@ -1,0 +1,170 @@
+"""`bloodwork dataset build`, `bloodwork fork`, `bloodwork train sft|dpo`: `register(app)` adds them."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from bloodwork.chaos.plan import ChaosConfigError
+from bloodwork.data.console import console, err_console, fail, one_line, progress
+from bloodwork.data.mix import DEFAULT_MIX, MixError, parse_mix
+from bloodwork.kernel import KernelCrash, KernelError
+from bloodwork.oracles.base import OracleConfigError
+from bloodwork.tasks.base import TaskError
+
+USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError, MixError)
+
+
+class TrainKind(StrEnum):
+    SFT = "sft"
+    DPO = "dpo"
+
+
+def dataset_build(
+    inputs: Annotated[list[Path], typer.Argument(help="Run directories, sweep directories, fork directories.")],
+    out: Annotated[Path, typer.Option(help="The dataset directory to write.")],
+    mix: Annotated[str, typer.Option(help="Pool mix: golden=0.4,recovery=0.4,rejected=0.2 or shares G/R/X like "
+                                          "15/65/20.")] = DEFAULT_MIX,
+    test_fraction: Annotated[float, typer.Option(help="Share of each task's runs held out for test.")] = 0.25,
+    holdout_task: Annotated[list[str] | None, typer.Option(help="A task whose runs all go to test (repeatable).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and of the mix's row choice.")] = 0,
+    include_scripted: Annotated[bool, typer.Option(help="Also mine scripted and replayed runs.")] = False,
+    near_threshold: Annotated[float, typer.Option(help="Shingle overlap above which two rows are near "
+                                                       "duplicates.")] = 0.9,
+    size: Annotated[int | None, typer.Option(help="Cap on rows per split after the mix.")] = None,
+    estimate_lengths: Annotated[bool, typer.Option(help="Count tokens at 4 chars/token even if the model "
+                                                        "is installed.")] = False,
+) -> None:
+    """Build SFT / DPO / KTO files from real runs: golden, failure-recovery and rejected pools, mixed.
+
+    Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 15/65/20
+    """
+    from bloodwork.data.build import BuildError, BuildOptions, build_dataset
+
+    try:
+        options = BuildOptions(mix=parse_mix(mix), test_fraction=test_fraction, holdout_tasks=holdout_task or [],
+                               seed=seed, include_scripted=include_scripted, near_threshold=near_threshold,
+                               size=size, exact_lengths=not estimate_lengths)
+        with progress("dataset") as bar:
+            task = bar.add_task("reading runs", total=None)
+
+            def on_run(i: int, n: int) -> None:
+                bar.update(task, completed=i + 1, total=n)
+
+            stats = build_dataset(inputs, out, options, generator="bloodwork dataset build " + " ".join(sys.argv[3:]),
+                                  on_run=on_run)
+    except (BuildError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    console.print(f"{stats.runs_used} runs used; excluded: {stats.runs_excluded or 'none'}")
+    console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in stats.candidates.items())
+                  + f"; removed: exact {stats.dedup.exact}, near {stats.dedup.near}, contradictory "
+                  f"{stats.dedup.contradictory}, cross-split {stats.dedup.cross_split}")
+    for split, rep in stats.mix.items():
+        achieved = ", ".join(f"{p} {v:.0%}" if v is not None else f"{p} -" for p, v in rep.achieved.items())
+        console.print(f"{split}: {rep.total} rows ({achieved}); limited by {rep.limiting}")
+        if rep.total == 0:
+            err_console.print(f"[yellow]warning:[/yellow] the {split} split is empty: pool {rep.limiting} has no rows "
+                              "for its share; change --mix or add runs")
+    console.print(f"DPO pairs: {stats.dpo.fork_pairs} from forks, {stats.dpo.same_prompt_pairs} same-prompt; "
+                  f"split leak check: {'ok' if stats.leak_check.ok else 'LEAK'}")
+    console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
+    if not stats.leak_check.ok:
+        fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
+             code=1)
+
+
+def fork(
+    run_dir: Annotated[Path, typer.Argument(help="The run to fork.")],
+    tick: Annotated[int, typer.Option(help="The tick whose exact context is asked again.")],
+    samples: Annotated[int, typer.Option(help="How many answers to sample.")] = 4,
+    horizon: Annotated[int, typer.Option(help="Ticks each branch runs from the fork tick on.")] = 3,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Sampling seed (each sample gets its own call seed).")] = 0,
+    model: Annotated[str | None, typer.Option(help="Model spec (default: the run's own).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Fork directory (default runs/forks/<run>-t<T>).")] = None,
+) -> None:
+    """Re-ask the model K times at tick T's exact context, run each answer a few ticks, label and pair them.
+
+    Example: bloodwork fork runs/sweep1/runs/<run_id> --tick 12 --samples 4 --horizon 3 --out runs/forks/f1
+    """
+    from bloodwork.data.fork import ForkError, fork_run
+
+    target = out or Path("runs/forks") / f"{run_dir.name}-t{tick}"
+    try:
+        with progress("fork") as bar:
+            task = bar.add_task("", total=2 * samples + 1)
+
+            def on_step(message: str) -> None:
+                bar.update(task, advance=1, description=message)
+
+            record = fork_run(run_dir, tick, samples, out=target, horizon=horizon, temperature=temperature,
+                              top_p=top_p, seed=seed, model=model, on_step=on_step)
+    except (ForkError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    except KernelCrash as err:
+        fail(str(err), code=3)
+    for c in record.candidates:
+        console.print(f"candidate {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
+                      f"{'strict' if c.strict_ok else c.violation or 'error'}"
+                      f"{'  CONTRADICTORY' if c.contradictory else ''}")
+    console.print(f"{len(record.pairs)} pairs, {len(record.refused)} refused; {target / 'fork.json'}")
+
+
+def train(
+    kind: Annotated[TrainKind, typer.Argument(help="sft or dpo.")],
+    data: Annotated[Path, typer.Option(help="Dataset directory (from bloodwork dataset build).")],
+    out: Annotated[Path, typer.Option(help="Adapter directory to write.")],
+    base: Annotated[str, typer.Option(help="Base model spec.")] = "local:smollm2",
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4 SFT, 5e-5 DPO).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 30,
+    batch: Annotated[int, typer.Option(help="Rows per step per device.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut.")] = 2048,
+    beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,
+) -> None:
+    """Train a LoRA adapter with TRL on a dataset's train split; it loads as local:smollm2+lora=OUT.
+
+    Example: bloodwork train sft --data runs/data1 --base local:smollm2 --out runs/adapters/sft1 --steps 30
+    """
+    from bloodwork.data.train import TrainConfig, TrainError
+    from bloodwork.data.train import train as run_training
+
+    try:
+        cfg = TrainConfig(kind=kind.value, base=base, rank=rank, alpha=alpha, dropout=dropout, lr=lr, steps=steps,
+                          batch=batch, grad_accum=grad_accum, max_length=max_length, beta=beta, seed=seed,
+                          threads=threads)
+        with progress(f"train {kind.value}") as bar:
+            task = bar.add_task("loading", total=steps)
+
+            def on_step(step: int, loss: float | None) -> None:
+                bar.update(task, completed=step, description=f"loss {loss:.4f}" if loss is not None else "")
+
+            record = run_training(data, out, cfg, on_step=on_step)
+    except (TrainError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    losses = [s.loss for s in record.steps]
+    console.print(f"{len(record.steps)} steps in {record.duration_s:.1f} s ({record.seconds_per_step['mean']} s/step "
+                  f"mean) on {record.device}; loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps")
+    console.print(f"{record.data['rows_used']} rows used, {record.data['dropped_too_long']} dropped as too long")
+    console.print(f"adapter: {out}  (use it as local:smollm2+lora={out})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dataset build`, `fork` and `train` to the bloodwork CLI."""
+    dataset_app = typer.Typer(help="Training datasets from real runs.", no_args_is_help=True)
+    dataset_app.command("build")(dataset_build)
+    app.add_typer(dataset_app, name="dataset")
+    app.command("fork")(fork)
+    app.command("train")(train)

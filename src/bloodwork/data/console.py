@@ -1,0 +1,43 @@
+"""Console conventions shared by the `data` and `matrix` commands (the same as `bloodwork.cli`'s):
+a user mistake is one red line on stderr and exit 2; long work shows a rich progress bar on stderr.
+
+They live here rather than being imported from `bloodwork.cli`, which imports these command modules
+to register them.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def one_line(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def progress(label: str) -> Progress:
+    """Transient: once the work ends (or fails) the bar is gone, so an error stays the only line on stderr."""
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
+def csv(value: str) -> list[str]:
+    """Comma-separated items, or ';'-separated when an item itself holds commas."""
+    return [v.strip() for v in value.split(";" if ";" in value else ",") if v.strip()]

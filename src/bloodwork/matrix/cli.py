@@ -1,0 +1,125 @@
+"""`bloodwork matrix --models ... --eval-set FILE` and `bloodwork matrix freeze`: `register(app)` adds them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from bloodwork.chaos.plan import ChaosConfigError
+from bloodwork.data.console import console, csv, fail, one_line, progress
+from bloodwork.kernel import KernelError
+from bloodwork.matrix.evalset import EvalSetError
+from bloodwork.matrix.report import MatrixError
+from bloodwork.tasks.base import TaskError
+
+USER_ERRORS = (EvalSetError, MatrixError, TaskError, ChaosConfigError, KernelError, ValidationError, OSError)
+
+
+def _labels(items: list[str], specs: list[str]) -> dict[str, str]:
+    """SPEC=TEXT, where SPEC is one of --models (a spec may itself hold '=', as in +lora=PATH)."""
+    labels = {}
+    for item in items:
+        spec = max((s for s in specs if item.startswith(s + "=")), key=len, default=None)
+        if spec is None or not item[len(spec) + 1:]:
+            fail(f"--label expects SPEC=TEXT with SPEC one of --models, got {item!r}")
+        labels[spec] = item[len(spec) + 1:]
+    return labels
+
+
+def matrix(
+    ctx: typer.Context,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model specs (';' if a spec holds commas).")]
+    = None,
+    eval_set: Annotated[Path | None, typer.Option(help="A frozen eval set (bloodwork matrix freeze).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for model_matrix.json/.md/.png, answers and loop runs.")]
+    = Path("runs/matrix"),
+    max_new_tokens: Annotated[int, typer.Option(help="Token cap per answer, every model alike.")] = 96,
+    loop_task: Annotated[str, typer.Option(help="Task of the closed-loop runs.")] = "long-haul/ledger",
+    loop_runs: Annotated[int, typer.Option(help="Closed-loop chaos runs per model (0 = none).")] = 2,
+    loop_ticks: Annotated[int, typer.Option(help="Ticks per closed-loop run.")] = 12,
+    loop_chaos: Annotated[str, typer.Option(help="Chaos of the closed-loop runs (profile or KIND=RATE,...).")]
+    = "default",
+    panic_budget: Annotated[int, typer.Option(help="Panic budget of the closed-loop runs.")] = 3,
+    label: Annotated[list[str] | None, typer.Option(help="Row label, SPEC=TEXT (repeatable).")] = None,
+    allow_mixed: Annotated[bool, typer.Option(help="Keep earlier rows scored on another eval set or ISA, "
+                                                   "marked as not comparable.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Start a new matrix instead of adding rows to OUT's.")] = False,
+) -> None:
+    """Score models side by side on a frozen eval set (raw-text validity, op agreement, latency), then run each
+    a few times under chaos. Rows of models that cannot run stay, with the reason.
+
+    Example: bloodwork matrix --models local:smollm2,openai:local:smollm2 --eval-set runs/eval.jsonl --out runs/m1
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not models or eval_set is None:
+        fail("give --models and --eval-set (see bloodwork matrix --help), or use bloodwork matrix freeze")
+    from bloodwork.matrix.loop import LoopSpec
+    from bloodwork.matrix.run import MatrixOptions, run_matrix
+
+    specs = csv(models)
+    try:
+        loop = LoopSpec(task=loop_task, runs=loop_runs, ticks=loop_ticks, chaos=loop_chaos, panic_budget=panic_budget)
+        options = MatrixOptions(max_new_tokens=max_new_tokens, loop=loop if loop_runs > 0 else None,
+                                labels=_labels(label or [], specs), allow_mixed=allow_mixed, fresh=fresh)
+        if loop_runs > 0:
+            from bloodwork.sweep import chaos_profile
+            from bloodwork.tasks.registry import load_task
+
+            load_task(loop_task)
+            chaos_profile(loop_chaos)
+        with progress("matrix") as bar:
+            task = bar.add_task("", total=None)
+            report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
+                                on_start=lambda n: bar.update(task, total=n), on_tick=lambda: bar.advance(task))
+    except USER_ERRORS as err:
+        fail(one_line(err))
+    for row in report.rows:
+        if row.scores is None:
+            console.print(f"{row.label}: {row.status} ({row.reason})")
+            continue
+        loop_text = f"; loop completed {row.loop.completed}, died {row.loop.died}" if row.loop else ""
+        console.print(f"{row.label}: strict {row.scores.strict_valid}, p50 {row.scores.latency_ms.p50} ms{loop_text}")
+    console.print(f"matrix: {out / 'model_matrix.md'} (+ .json, .png)")
+
+
+def freeze(
+    inputs: Annotated[list[Path], typer.Argument(help="Runs or sweeps to draw states from.")],
+    out: Annotated[Path, typer.Option(help="The eval set file (JSONL); FILE.meta.json gets its sha256.")],
+    n: Annotated[int, typer.Option(help="How many states.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
+    holdout_of: Annotated[Path | None, typer.Option(help="A dataset: never draw from its train runs or "
+                                                         "states.")] = None,
+    include_scripted: Annotated[bool, typer.Option(help="Also draw from scripted and replayed runs.")] = False,
+) -> None:
+    """Freeze an eval set of recorded states from held-out runs, stored with its sha256.
+
+    Example: bloodwork matrix freeze runs/sweep1 --holdout-of runs/data1 --n 40 --out runs/eval.jsonl
+    """
+    from bloodwork.matrix.evalset import freeze as run_freeze
+
+    if n < 1:
+        fail("--n must be at least 1")
+    try:
+        with progress("freeze") as bar:
+            task = bar.add_task("reading runs", total=None)
+            meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
+                              generator="bloodwork matrix freeze " + " ".join(sys.argv[3:]),
+                              on_run=lambda i, total: bar.update(task, completed=i + 1, total=total))
+    except (ValueError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    console.print(f"{meta.rows} states from {len(meta.runs)} runs: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(meta.categories.items())))
+    console.print(f"eval set: {out} sha256 {meta.sha256}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `matrix` (with its `freeze` subcommand) to the bloodwork CLI."""
+    matrix_app = typer.Typer(invoke_without_command=True)  # the help is `matrix`'s docstring
+    matrix_app.callback()(matrix)
+    matrix_app.command("freeze")(freeze)
+    app.add_typer(matrix_app, name="matrix")

@@ -1,0 +1,105 @@
+"""`bloodwork fork`: candidates at one exact context, branches from a replayed rebuild, labels, pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bloodwork.chronos.context_log import messages_at
+from bloodwork.data.build import BuildOptions, build_dataset
+from bloodwork.data.fork import Candidate, ForkError, ForkRecord, fork_run, make_pairs
+from bloodwork.data.formats import prompt_sha256
+from bloodwork.data.mix import parse_mix
+from tests.conftest import Runner, requires_bwrap
+
+# Scripted, not a model. As the run's policy: notes, one per tick. At the fork tick (purpose "fork"),
+# even candidates write a new file (progress) and odd ones answer prose (a schema violation).
+POLICY = '''
+import json
+
+def frame(op):
+    return json.dumps({"thought": "t", "q_next": "q", "op": op})
+
+def policy(call, messages):
+    if call.purpose == "fork":
+        if call.call_index % 2:
+            return "I think I should write the file now."
+        return frame({"name": "SYS_WRITE", "path": "fork%d.txt" % call.call_index, "content": "k"})
+    return frame({"name": "SYS_WRITE", "path": "note%d.txt" % call.tick, "content": "n"})
+'''
+FORK_TICK = 3
+
+
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ForkRecord]:
+    root = tmp_path_factory.mktemp("fork")
+    script = root / "policy.py"
+    script.write_text(POLICY)
+    _, paths = Runner(root).run(str(script), run_id="src", max_ticks=6)
+    record = fork_run(paths.root, FORK_TICK, 4, out=root / "f", horizon=2)
+    return paths.root, record
+
+
+@requires_bwrap
+def test_candidates_are_branched_from_the_exact_context_and_labelled(forked):
+    src, record = forked
+    prompt = messages_at(src / "context", FORK_TICK)
+    assert record.prompt == prompt and record.prompt_sha256 == prompt_sha256(prompt)
+    assert record.replay_events_checked > 0  # the rebuild was compared with the original, tick by tick
+    assert [c.label for c in record.candidates] == ["progressed", "trapped"] * 2
+    for c in record.candidates:
+        assert c.context_identical
+        assert prompt_sha256(messages_at(Path(c.branch_dir) / "context", FORK_TICK)) == record.prompt_sha256
+    assert {(p.chosen, p.rejected) for p in record.pairs} == {(0, 1), (0, 3), (2, 1), (2, 3)}
+    assert not record.refused
+    assert json.loads((Path(record.base_dir).parent.parent / "fork.json").read_text())["fork_id"] == record.fork_id
+
+
+@requires_bwrap
+def test_dpo_pairs_from_forks_share_one_identical_prompt(forked, tmp_path: Path):
+    src, record = forked
+    stats = build_dataset([src.parent, Path(record.base_dir).parent.parent], tmp_path / "d",
+                          BuildOptions(mix=parse_mix("1/1/1"), include_scripted=True, test_fraction=0,
+                                       exact_lengths=False), generator="test")
+    assert stats.runs_used == 1 and stats.runs_excluded.get("fork artifacts (rebuilt or branched runs)", 0) >= 5
+    rows = [json.loads(line) for line in (tmp_path / "d" / "train" / "dpo.jsonl").read_text().splitlines()]
+    fork_rows = [r for r in rows if r["meta"]["source"] == "fork"]
+    assert len(fork_rows) == stats.dpo.fork_pairs == 4
+    for r in fork_rows:
+        assert r["prompt"] == messages_at(src / "context", FORK_TICK)
+        assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
+        assert (r["meta"]["chosen_label"], r["meta"]["rejected_label"]) == ("progressed", "trapped")
+
+
+def cand(i: int, label: str, polarity: str, fp: str | None, text: str, **kw: object) -> Candidate:
+    fields = {"context_identical": True, **kw}
+    return Candidate(index=i, text=text, latency_ms=1, strict_ok=True, lenient_ok=True, violation=None, op="SYS_EXEC",
+                     fingerprint=fp, label=label, polarity=polarity, **fields)
+
+
+def test_contradictory_pairs_are_refused():
+    # The same op progressed in one branch and trapped in another: it says nothing about the op.
+    cands = [cand(0, "progressed", "positive", "fpA", "a"), cand(1, "trapped", "negative", "fpA", "a2"),
+             cand(2, "progressed", "positive", "fpB", "b"), cand(3, "trapped", "negative", "fpC", "c"),
+             cand(4, "progressed", "positive", "fpD", "d", contradictory=True,
+                  evidence=["tick 5: panic THRASHING"]),
+             cand(5, "trapped", "negative", "fpE", "e", context_identical=False)]
+    pairs, refused = make_pairs(cands)
+    assert {(p.chosen, p.rejected) for p in pairs} == {(2, 3)}
+    reasons = {(tuple(r.candidates), r.reason_class) for r in refused}
+    assert ((0,), "contradictory label") in reasons and ((1,), "contradictory label") in reasons
+    assert ((4,), "contradictory label") in reasons and ((5,), "context differs") in reasons
+    same = [cand(0, "progressed", "positive", None, "x"), cand(1, "trapped", "negative", None, "x")]
+    pairs, refused = make_pairs(same)
+    assert not pairs and refused[0].reason_class == "identical texts"
+
+
+@requires_bwrap
+def test_fork_refuses_a_tick_outside_the_run(forked, tmp_path: Path):
+    src, _ = forked
+    with pytest.raises(ForkError, match="cannot be forked"):
+        fork_run(src, 99, 2, out=tmp_path / "x")
+    with pytest.raises(ForkError, match="samples"):
+        fork_run(src, 1, 1, out=tmp_path / "y")

@@ -1,0 +1,180 @@
+"""The model matrix on a frozen eval set, with a scripted fake whose invalid-JSON rate is planted."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bloodwork.data.train import TRAIN_FILE, TrainConfig, TrainRecord
+from bloodwork.matrix.cli import register
+from bloodwork.matrix.evalset import EvalSetError, freeze, load_evalset, meta_path
+from bloodwork.matrix.loop import LoopSpec
+from bloodwork.matrix.report import MatrixError, MatrixReport
+from bloodwork.matrix.run import MatrixOptions, exclusions, run_matrix
+from tests.conftest import requires_bwrap
+from tests.data.conftest import Story
+
+pytestmark = requires_bwrap
+
+# A SCRIPTED FAKE, not a model: of every ten states it answers the first three with broken JSON.
+FAKE_30PCT_INVALID = '''
+import json
+
+def policy(call, messages):
+    if call.call_index % 10 < 3:
+        return '{"thought": "cut off", "q_next": '
+    return json.dumps({"thought": "t", "q_next": "q", "op": {"name": "SYS_READ", "path": "a.txt"}})
+'''
+
+
+def wilson_by_hand(k: int, n: int) -> tuple[float, float]:
+    z = 1.959964
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Story, Path, Path]:
+    root = tmp_path_factory.mktemp("matrix")
+    story = Story(root)
+    fake = root / "fake_model_30pct_invalid.py"
+    fake.write_text(FAKE_30PCT_INVALID)
+    evalset = root / "eval.jsonl"
+    freeze([root / "runs"], evalset, n=20, seed=0, include_scripted=True)
+    return story, evalset, fake
+
+
+def test_freeze_draws_distinct_states_and_records_the_sha(frozen):
+    _, evalset, _ = frozen
+    meta, states = load_evalset(evalset)
+    assert meta.rows == len(states) == 20
+    assert len({s.prompt_sha256 for s in states}) == 20
+    assert {"golden", "recovery", "rejected", "trap"} <= set(meta.categories)
+    assert all(s.reference is not None for s in states if s.category in ("golden", "recovery"))
+    assert all(s.reference is None for s in states if s.category not in ("golden", "recovery"))
+    with pytest.raises(EvalSetError, match="scripted"):  # scripted runs need asking for
+        freeze([evalset.parent / "runs"], evalset.parent / "real-only.jsonl", n=5, seed=0)
+
+
+def test_strict_rate_and_interval_of_a_fake_with_30pct_invalid_json(frozen, tmp_path: Path, monkeypatch):
+    _, evalset, fake = frozen
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    report = run_matrix([f"scripted:{fake}", "openai:gpt-4o-mini"], evalset, tmp_path,
+                        MatrixOptions(loop=None), generator="test")
+    fake_row, api_row = report.rows
+    s = fake_row.scores
+    assert s is not None and s.calls == s.answered == 20
+    assert (s.strict_valid.k, s.strict_valid.n, s.strict_valid.rate) == (14, 20, 0.7)
+    lo, hi = wilson_by_hand(14, 20)
+    assert s.strict_valid.ci95 == pytest.approx((lo, hi), abs=1e-5)
+    assert 0.45 < lo < 0.7 < hi < 0.9 and s.lenient_valid.k == 14
+    assert s.violation_classes == {"not_json": 6}
+    assert s.latency_ms.n == 20 and s.errors.k == 0
+    assert "scripted fake" in fake_row.label and fake_row.provenance == "scripted"
+    # a model that cannot run keeps its row: the reason, no numbers
+    assert api_row.status == "unavailable" and "OPENAI_API_KEY" in (api_row.reason or "")
+    assert api_row.scores is None and api_row.loop is None
+    answers = [json.loads(line) for line in Path(fake_row.answers_file or "").read_text().splitlines()]
+    assert sum(not a["strict_ok"] for a in answers) == 6
+    for name in ("model_matrix.json", "model_matrix.md", "model_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    md = (tmp_path / "model_matrix.md").read_text()
+    assert "70% [" in md and "unavailable" in md
+
+
+def test_op_agreement_counts_only_states_with_a_reference(frozen, tmp_path: Path):
+    _, evalset, fake = frozen
+    _, states = load_evalset(evalset)
+    report = run_matrix([f"scripted:{fake}"], evalset, tmp_path, MatrixOptions(), generator="test")
+    s = report.rows[0].scores
+    assert s is not None
+    referenced = [(i, st) for i, st in enumerate(states) if st.reference is not None]
+    expected = sum(1 for i, st in referenced if i % 10 >= 3 and st.reference.op == {"name": "SYS_READ", "path": "a.txt",
+                                                                                     "page": 0})
+    assert s.op_exact_agreement.n == len(referenced) and s.op_exact_agreement.k == expected
+
+
+def test_rows_with_other_hashes_are_refused_or_marked(frozen, tmp_path: Path):
+    _, evalset, fake = frozen
+    run_matrix([f"scripted:{fake}"], evalset, tmp_path, MatrixOptions(), generator="test")
+    saved = MatrixReport.model_validate_json((tmp_path / "model_matrix.json").read_text())
+    saved.rows[0].eval_set_sha256 = "0" * 64  # as if scored on another eval set
+    (tmp_path / "model_matrix.json").write_text(saved.model_dump_json())
+    other = tmp_path / "other.py"
+    other.write_text(FAKE_30PCT_INVALID)
+    with pytest.raises(MatrixError, match="different eval set"):
+        run_matrix([f"scripted:{other}"], evalset, tmp_path, MatrixOptions(), generator="test")
+    mixed = run_matrix([f"scripted:{other}"], evalset, tmp_path, MatrixOptions(allow_mixed=True), generator="test")
+    old, new = mixed.rows
+    assert not old.comparable and old.mismatch == ["eval set"] and new.comparable
+    assert "†" in (tmp_path / "model_matrix.md").read_text()
+
+
+def test_an_edited_eval_set_is_refused(frozen, tmp_path: Path):
+    _, evalset, _ = frozen
+    copy = tmp_path / "eval.jsonl"
+    copy.write_text(evalset.read_text().replace('"tick":0', '"tick":1', 1))
+    meta_path(copy).write_text(meta_path(evalset).read_text())
+    with pytest.raises(EvalSetError, match="changed since it was frozen"):
+        load_evalset(copy)
+
+
+def test_closed_loop_runs_are_counted_from_their_journals(frozen, tmp_path: Path):
+    story, evalset, fake = frozen
+    loop = LoopSpec(task=str(story.runner.task_dir), runs=2, ticks=4, chaos="off")
+    report = run_matrix([f"scripted:{fake}"], evalset, tmp_path, MatrixOptions(loop=loop), generator="test")
+    result = report.rows[0].loop
+    assert result is not None and len(result.run_dirs) == 2 and sum(result.statuses.values()) == 2
+    assert result.completed.n == 2 and result.panics.n == 2
+    assert all((Path(d) / ".journal.log").is_file() for d in result.run_dirs)
+
+
+def test_adapter_rows_are_scored_only_on_states_it_never_trained_on(frozen, tmp_path: Path):
+    _, evalset, _ = frozen
+    _, states = load_evalset(evalset)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    trained_run = states[0].group
+    (adapter / TRAIN_FILE).write_text(json.dumps({"train_groups": [trained_run], "train_prompt_sha256": []}))
+    with pytest.raises(ValueError):  # a partial record is no record
+        exclusions([f"local:smollm2+lora={adapter}"], states)
+    record = TrainRecord(config=TrainConfig(kind="sft"), learning_rate=2e-4, base={}, data={}, device="cpu",
+                         versions={}, started_at="", duration_s=0, seconds_per_step={}, steps=[],
+                         train_groups=[trained_run], train_prompt_sha256=[states[-1].prompt_sha256], adapter_files={})
+    (adapter / TRAIN_FILE).write_text(record.model_dump_json())
+    excluded, notes = exclusions([f"local:smollm2+lora={adapter}", "local:smollm2"], states)
+    expected = {s.state_id for s in states if s.group == trained_run} | {states[-1].state_id}
+    assert excluded == expected and str(len(expected)) in notes[f"local:smollm2+lora={adapter}"]
+    bare = tmp_path / "foreign"
+    bare.mkdir()
+    excluded, notes = exclusions([f"local:smollm2+lora={bare}"], states)
+    assert not excluded and "unknown" in notes[f"local:smollm2+lora={bare}"]
+
+
+def test_matrix_cli(frozen, tmp_path: Path):
+    _, evalset, fake = frozen
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}"])
+    assert res.exit_code == 2 and "--eval-set" in res.output
+    res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}", "--eval-set", str(tmp_path / "no.jsonl"),
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "not a frozen eval set" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}", "--eval-set", str(evalset), "--out",
+                                   str(tmp_path / "m"), "--loop-runs", "0", "--label", f"scripted:{fake}=the fake=30%"])
+    assert res.exit_code == 0, res.output
+    assert "the fake=30%: strict 70.0%" in res.output
+    res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}", "--eval-set", str(evalset), "--label",
+                                   "other=x"])
+    assert res.exit_code == 2 and "--label" in res.output
+    for args in (["matrix"], ["matrix", "freeze"]):
+        res = CliRunner().invoke(app, [*args, "--help"])
+        assert res.exit_code == 0 and "Example:" in res.output, args
