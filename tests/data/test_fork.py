@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from bloodwork.chronos.context_log import messages_at
+from bloodwork.chronos.journal import Event
 from bloodwork.data.build import BuildOptions, build_dataset
-from bloodwork.data.fork import Candidate, ForkError, ForkRecord, fork_run, make_pairs
+from bloodwork.data.fork import (
+    Candidate,
+    ForkError,
+    ForkRecord,
+    fork_run,
+    label_branch,
+    make_pairs,
+    mask_volatile,
+)
 from bloodwork.data.formats import prompt_sha256
 from bloodwork.data.mix import parse_mix
 from tests.conftest import Runner, requires_bwrap
@@ -50,7 +59,7 @@ def test_candidates_are_branched_from_the_exact_context_and_labelled(forked):
     assert record.replay_events_checked > 0  # the rebuild was compared with the original, tick by tick
     assert [c.label for c in record.candidates] == ["progressed", "trapped"] * 2
     for c in record.candidates:
-        assert c.context_identical
+        assert c.context_identical and c.context_equivalent
         assert prompt_sha256(messages_at(Path(c.branch_dir) / "context", FORK_TICK)) == record.prompt_sha256
     assert {(p.chosen, p.rejected) for p in record.pairs} == {(0, 1), (0, 3), (2, 1), (2, 3)}
     assert not record.refused
@@ -74,7 +83,7 @@ def test_dpo_pairs_from_forks_share_one_identical_prompt(forked, tmp_path: Path)
 
 
 def cand(i: int, label: str, polarity: str, fp: str | None, text: str, **kw: object) -> Candidate:
-    fields = {"context_identical": True, **kw}
+    fields = {"context_identical": True, "context_equivalent": True, **kw}
     return Candidate(index=i, text=text, latency_ms=1, strict_ok=True, lenient_ok=True, violation=None, op="SYS_EXEC",
                      fingerprint=fp, label=label, polarity=polarity, **fields)
 
@@ -85,15 +94,27 @@ def test_contradictory_pairs_are_refused():
              cand(2, "progressed", "positive", "fpB", "b"), cand(3, "trapped", "negative", "fpC", "c"),
              cand(4, "progressed", "positive", "fpD", "d", contradictory=True,
                   evidence=["tick 5: panic THRASHING"]),
-             cand(5, "trapped", "negative", "fpE", "e", context_identical=False)]
+             cand(5, "trapped", "negative", "fpE", "e", context_identical=False, context_equivalent=False),
+             cand(6, "trapped", "negative", "fpF", "f", context_identical=False)]
     pairs, refused = make_pairs(cands)
-    assert {(p.chosen, p.rejected) for p in pairs} == {(2, 3)}
+    assert {(p.chosen, p.rejected) for p in pairs} == {(2, 3), (2, 6)}  # 6 differs in timings only
     reasons = {(tuple(r.candidates), r.reason_class) for r in refused}
     assert ((0,), "contradictory label") in reasons and ((1,), "contradictory label") in reasons
     assert ((4,), "contradictory label") in reasons and ((5,), "context differs") in reasons
     same = [cand(0, "progressed", "positive", None, "x"), cand(1, "trapped", "negative", None, "x")]
     pairs, refused = make_pairs(same)
     assert not pairs and refused[0].reason_class == "identical texts"
+
+
+def test_only_timings_and_output_digests_are_masked():
+    def msgs(text: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": text}]
+
+    a = msgs("$ pytest\n[exit 1, 1.00s, 4613 bytes]\n5 failed in 0.13s\n[4613 bytes, sha256 350785e931930deb]")
+    b = msgs("$ pytest\n[exit 1, 0.41s, 4613 bytes]\n5 failed in 0.06s\n[4613 bytes, sha256 a4551b8d22425486]")
+    assert mask_volatile(a) == mask_volatile(b)
+    assert mask_volatile(a) != mask_volatile(msgs("$ pytest\n[exit 1, 1.00s, 4613 bytes]\n3 failed in 0.13s\n"
+                                                  "[4613 bytes, sha256 350785e931930deb]"))
 
 
 @requires_bwrap
@@ -103,3 +124,23 @@ def test_fork_refuses_a_tick_outside_the_run(forked, tmp_path: Path):
         fork_run(src, 99, 2, out=tmp_path / "x")
     with pytest.raises(ForkError, match="samples"):
         fork_run(src, 1, 1, out=tmp_path / "y")
+
+
+def event(tick: int, event_kind: str, **data: object) -> Event:
+    return Event(seq=0, ts=0.0, tick=tick, kind=event_kind, data=data, prev="", hash="")
+
+
+def test_labels_come_from_the_branch_journal():
+    def tick(t: int, progress: bool = True) -> Event:
+        return event(t, "tick", progress=progress)
+
+    assert label_branch([tick(4)], 4, 2)[0] == "progressed"
+    assert label_branch([tick(4, False)], 4, 2)[0] == "idle"
+    assert label_branch([event(4, "trap", kind="PAGE_FAULT"), tick(4)], 4, 2)[0] == "trapped"
+    assert label_branch([event(4, "trap", kind="WATCHDOG"), tick(4)], 4, 2)[0] == "thrashed"
+    assert label_branch([event(4, "trap", kind="LOG_FLOOD"), tick(4)], 4, 2)[0] == "faulted"  # output too long
+    assert label_branch([event(4, "trap", kind="PAGE_FAULT", injected=True), tick(4)], 4, 2)[0] == "injected"
+    assert label_branch([tick(4, False), event(5, "trap", kind="THRASHING")], 4, 2)[0] == "thrashed"
+    label, contradictory, evidence = label_branch([tick(4), event(5, "panic", cause="WATCHDOG")], 4, 2)
+    assert (label, contradictory) == ("progressed", True) and "panic" in evidence[0]
+    assert label_branch([tick(4), event(6, "panic", cause="WATCHDOG")], 4, 2)[1] is False  # past the horizon

@@ -210,7 +210,7 @@ def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, gener
         forked = [row for f in got.forks if splits.groups.get(f.group) == split for row in _fork_pairs(f, split)]
         if split == "train":
             kept = [r for r in forked if r.meta.prompt_sha256 not in test_prompts]
-            dedup.cross_split += len(forked) - len(kept)
+            dpo.fork_pairs_withheld += len(forked) - len(kept)
             forked = kept
         dpo.same_prompt_pairs += len(natural)
         dpo.fork_pairs += len(forked)

@@ -71,7 +71,8 @@ def dataset_build(
         if rep.total == 0:
             err_console.print(f"[yellow]warning:[/yellow] the {split} split is empty: pool {rep.limiting} has no rows "
                               "for its share; change --mix or add runs")
-    console.print(f"DPO pairs: {stats.dpo.fork_pairs} from forks, {stats.dpo.same_prompt_pairs} same-prompt; "
+    console.print(f"DPO pairs: {stats.dpo.fork_pairs} from forks ({stats.dpo.fork_pairs_withheld} withheld: their "
+                  f"state is also a test state), {stats.dpo.same_prompt_pairs} same-prompt; "
                   f"split leak check: {'ok' if stats.leak_check.ok else 'LEAK'}")
     console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
     if not stats.leak_check.ok:

@@ -7,9 +7,13 @@
 3. The model is asked K times at that prompt with temperature > 0 (a per-call seed each).
 4. Each candidate gets its own copy of the rebuilt run, extended with `Kernel.resume(max_ticks=T+h)`:
    at tick T the kernel gets the candidate, after it the model itself greedily, so branches differ by
-   the candidate only. Each branch's context at T is checked to be the prompt of step 1, byte for byte.
+   the candidate only. Each branch's context at T is checked against the prompt of step 1: byte for byte
+   (recorded), and with wall-clock timings masked (required: real commands run again, and `0.41s` or
+   pytest's `in 0.13s` differ run to run). The pair's prompt is always the recorded one, so chosen and
+   rejected share it byte for byte.
 5. Outcomes are labelled from each branch's journal: positive (completed, recovered, progressed),
-   negative (trapped, thrashed), neutral (idle, a fault injected at T, a failed call). A branch that
+   negative (trapped, thrashed), neutral (idle; faulted: only environment traps such as a natural
+   LOG_FLOOD; a fault injected at T; a failed call). A branch that
    progressed at T and then panicked within the horizon has a contradictory label, as does an op
    labelled both ways across branches; such candidates are refused, never paired.
 
@@ -20,6 +24,7 @@ directory; dataset builds skip them and read `fork.json` instead.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
-from bloodwork.chronos.journal import Event, read_events
+from bloodwork.chronos.journal import Event, canonical_json, read_events
 from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.evidence.replay import signature
@@ -43,12 +48,18 @@ from bloodwork.oracles.replay import ReplayOracle
 from bloodwork.tasks.registry import load_task
 
 FORK_FILE = "fork.json"
-Label = Literal["completed", "recovered", "progressed", "trapped", "thrashed", "idle", "injected", "failed"]
+Label = Literal["completed", "recovered", "progressed", "trapped", "thrashed", "idle", "faulted", "injected",
+                "failed"]
 Polarity = Literal["positive", "negative", "neutral"]
 POLARITY: dict[str, Polarity] = {"completed": "positive", "recovered": "positive", "progressed": "positive",
-                                 "trapped": "negative", "thrashed": "negative", "idle": "neutral",
+                                 "trapped": "negative", "thrashed": "negative", "idle": "neutral", "faulted": "neutral",
                                  "injected": "neutral", "failed": "neutral"}
 LOOP_TRAPS = frozenset({"THRASHING", "WATCHDOG"})
+# Traps that say something about the world rather than the answer: `pytest` whose output overflows the cap
+# is no worse an action for it. A branch whose only traps are these is `faulted` (neutral), not `trapped`.
+ENVIRONMENT_TRAPS = frozenset({"LOG_FLOOD", "IO_FAULT", "ORACLE_FAULT"})
+_TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
+_DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
 
 
 class ForkError(ValueError):
@@ -66,7 +77,9 @@ class Candidate(BaseModel):
     op: str | None
     fingerprint: str | None = Field(description="of the parsed op (strict or lenient), None without a frame")
     branch_dir: str = ""
-    context_identical: bool = False
+    context_identical: bool = Field(default=False, description="the branch's context at the fork tick, byte for byte")
+    context_equivalent: bool = Field(default=False, description="... the same once timings and output digests are "
+                                                                "masked (what pairing requires)")
     label: Label = "failed"
     polarity: Polarity = "neutral"
     contradictory: bool = False
@@ -155,6 +168,12 @@ class _ForkOracle:
         return None  # the continuation model is shared by every branch
 
 
+def mask_volatile(messages: Messages) -> str:
+    """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
+    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones."""
+    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", canonical_json(messages)))
+
+
 def find_forks(paths: list[Path]) -> list[ForkRecord]:
     found = []
     for path in paths:
@@ -210,8 +229,10 @@ def label_branch(events: list[Event], tick: int, horizon: int) -> tuple[Label, b
         label = "injected"
     elif any(e.kind == "halt" for e in at):
         label = "completed"
-    elif natural:
+    elif set(natural) - ENVIRONMENT_TRAPS:
         label = "thrashed" if set(natural) & LOOP_TRAPS else "trapped"
+    elif natural:
+        label = "faulted"
     elif any(e.kind == "recovery" for e in at):
         label = "recovered"
     elif tick_event.data.get("progress"):
@@ -228,7 +249,7 @@ def make_pairs(candidates: list[Candidate]) -> tuple[list[Pair], list[Refusal]]:
     """Chosen x rejected over usable candidates; contradictions and foreign contexts are refused."""
     refused: list[Refusal] = []
     for c in candidates:
-        if not c.context_identical and c.polarity != "neutral":
+        if not c.context_equivalent and c.polarity != "neutral":
             refused.append(Refusal(candidates=[c.index], reason_class="context differs",
                                    reason=f"candidate {c.index}: its branch saw another context at the fork tick"))
     by_op: dict[str, set[Polarity]] = {}
@@ -242,7 +263,7 @@ def make_pairs(candidates: list[Candidate]) -> tuple[list[Pair], list[Refusal]]:
         if c.contradictory and c.polarity != "neutral":
             refused.append(Refusal(candidates=[c.index], reason_class="contradictory label",
                                    reason=f"candidate {c.index} ({c.label}): {'; '.join(c.evidence) or 'mixed'}"))
-    usable = [c for c in candidates if c.context_identical and not c.contradictory]
+    usable = [c for c in candidates if c.context_equivalent and not c.contradictory]
     pairs: list[Pair] = []
     for good in (c for c in usable if c.polarity == "positive"):
         for bad in (c for c in usable if c.polarity == "negative"):
@@ -264,7 +285,7 @@ def _candidate(index: int, done: Completion) -> Candidate:
 
 
 def _branch(cand: Candidate, done: Completion, base: Path, out: Path, continuation: Oracle, *, tick: int,
-            horizon: int, prompt_sha: str) -> None:
+            horizon: int, prompt: Messages) -> None:
     """Run one candidate from a copy of the rebuilt run and label what happened."""
     branch = out / "branches" / f"k{cand.index}" / base.name
     shutil.copytree(base, branch, symlinks=True)
@@ -275,7 +296,11 @@ def _branch(cand: Candidate, done: Completion, base: Path, out: Path, continuati
     m = RunManifest.load(RunPaths(branch))
     task = load_task(m.task_source or m.task)
     Kernel.resume(branch, task, _ForkOracle(continuation, tick, done, cand.index), max_ticks=tick + horizon).run()
-    cand.context_identical = prompt_sha256(messages_at(RunPaths(branch).context, tick)) == prompt_sha
+    seen = messages_at(RunPaths(branch).context, tick)
+    cand.context_identical = prompt_sha256(seen) == prompt_sha256(prompt)
+    cand.context_equivalent = cand.context_identical or mask_volatile(seen) == mask_volatile(prompt)
+    if cand.context_equivalent and not cand.context_identical:
+        cand.evidence.append("the branch's context differs from the recorded one in timings only")
     cand.label, cand.contradictory, evidence = label_branch(read_events(RunPaths(branch).journal), tick, horizon)
     cand.evidence += evidence
     cand.polarity = POLARITY[cand.label]
@@ -314,7 +339,7 @@ def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int 
         candidates = [_candidate(k, c) for k, c in enumerate(completions)]
         for cand, done in zip(candidates, completions, strict=True):
             step(f"branch {cand.index + 1}/{samples}")
-            _branch(cand, done, base, out, continuation, tick=tick, horizon=horizon, prompt_sha=sha)
+            _branch(cand, done, base, out, continuation, tick=tick, horizon=horizon, prompt=prompt)
     finally:
         sampler.close()
         continuation.close()

@@ -141,8 +141,9 @@ class TokenLengths(BaseModel):
 class DpoStats(BaseModel):
     forks: int = 0
     fork_pairs: int = 0
+    fork_pairs_withheld: int = Field(default=0, description="pairs of train runs whose state is also a test state")
     same_prompt_pairs: int = 0
-    refused: dict[str, int] = Field(default_factory=dict)
+    refused: dict[str, int] = Field(default_factory=dict, description="fork refusals by reason")
 
 
 class DatasetStats(BaseModel):
