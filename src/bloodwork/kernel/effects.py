@@ -127,8 +127,10 @@ class World:
             noise = shlex.quote("WARN worker heartbeat missed; retrying connection pool ...")
             cmd = (f"{{ {op.cmd}\n}}; s=$?; yes {noise} | head -c {profile.log_flood_chars}; echo; exit $s")
         res = self.runner.run(cmd, timeout)
-        head = f"$ {op.cmd}\n[exit {res.exit_code}{f', TIMED OUT after {timeout:g}s' if res.timed_out else ''}, " \
-               f"{res.duration_s:.2f}s, {res.size} bytes of output]\n"
+        # No wall-clock time in the slice: it would make identical outcomes look like new information
+        # and a replay diverge. The duration is kept in the trace's result.
+        timed_out = f", TIMED OUT after {timeout:g}s" if res.timed_out else ""
+        head = f"$ {op.cmd}\n[exit {res.exit_code}{timed_out}, {res.size} bytes of output]\n"
         if res.spawn_error:
             head += f"[{res.spawn_error}]\n"
         text = res.text
