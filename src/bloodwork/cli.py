@@ -10,14 +10,13 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bloodwork import isa
 from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
 from bloodwork.chronos.journal import verify as verify_journal
 from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.console import console, err_console, fail, one_line, progress
 from bloodwork.kernel import Kernel, KernelConfig, KernelCrash, KernelError, RunResult
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
@@ -30,8 +29,6 @@ tasks_app = typer.Typer(help="Built-in and user tasks.", no_args_is_help=True)
 isa_app = typer.Typer(help="The syscall frame the model must emit.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(isa_app, name="isa")
-console = Console()
-err_console = Console(stderr=True)
 
 USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError)
 
@@ -40,39 +37,29 @@ class UserError(Exception):
     """A mistake in what the user asked for: one line, exit 2."""
 
 
-def fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    if isinstance(err, OSError) and err.filename:
-        return f"{err.strerror or err}: {err.filename}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
-def _progress(total: int, label: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                    TimeElapsedColumn(), console=err_console, transient=False)
-
-
 def _drive(kernel: Kernel) -> RunResult:
     total = kernel.config.max_ticks
-    with _progress(total, kernel.manifest.run_id[:40]) as progress:
-        bar = progress.add_task("", total=total, completed=kernel.R.tick)
+    with progress(kernel.manifest.run_id[:40], transient=False) as bar_view:
+        bar = bar_view.add_task("", total=total, completed=kernel.R.tick)
         traps: Counter[str] = Counter()
 
         def on_tick(info: dict[str, Any]) -> None:
             traps.update(info["traps"])
             shown = " ".join(f"{k}:{v}" for k, v in traps.most_common(3))
-            progress.update(bar, completed=info["tick"] + 1,
+            bar_view.update(bar, completed=info["tick"] + 1,
                             description=f"panics {kernel.R.panics} budget {kernel.R.panic_budget_left} {shown}")
 
         kernel.on_tick = on_tick
         return kernel.run()
+
+
+def _run_to_end(kernel: Kernel) -> None:
+    """Drive a created or resumed kernel to its end and print the outcome; a crash exits 3."""
+    try:
+        result = _drive(kernel)
+    except KernelCrash as err:
+        fail(str(err), code=3)
+    _print_result(result)
 
 
 def _print_result(result: RunResult) -> None:
@@ -120,12 +107,8 @@ def run(
         kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
                                command_line=["bloodwork", *sys.argv[1:]], model_options=options)
     except (UserError, *USER_ERRORS) as err:
-        fail(_one_line(err))
-    try:
-        result = _drive(kernel)
-    except KernelCrash as err:
-        fail(str(err), code=3)
-    _print_result(result)
+        fail(one_line(err))
+    _run_to_end(kernel)
 
 
 def _writable(folder: Path) -> bool:
@@ -198,12 +181,8 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to co
         oracle = make_oracle(manifest.model, **manifest.oracle.get("options", {}))
         kernel = Kernel.resume(run_dir, task, oracle)
     except (UserError, *USER_ERRORS) as err:
-        fail(_one_line(err))
-    try:
-        result = _drive(kernel)
-    except KernelCrash as err:
-        fail(str(err), code=3)
-    _print_result(result)
+        fail(one_line(err))
+    _run_to_end(kernel)
 
 
 @app.command()
@@ -237,7 +216,7 @@ def show(
     try:
         paths, manifest = _load_run(run_dir)
     except (UserError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     from bloodwork.chronos.journal import iter_events
 
     console.print(f"[bold]{manifest.run_id}[/bold]  task {manifest.task}  model {manifest.model} "
@@ -314,27 +293,27 @@ def sweep(
         runner = Sweep(spec, out)
         runner.prepare()
     except (UserError, SweepError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     from bloodwork.sweep import cells
 
     grid = cells(spec)
     pending = {c.cell_id for c in runner.pending()}
     console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {workers} workers")
-    with _progress(len(grid), "sweep") as progress:
-        overall = progress.add_task("", total=len(grid), completed=len(grid) - len(pending))
+    with progress("sweep", transient=False) as bar_view:
+        overall = bar_view.add_task("", total=len(grid), completed=len(grid) - len(pending))
         lines: dict[str, Any] = {}
 
         def on_tick(cell_id: str, info: dict[str, Any]) -> None:
             if cell_id not in lines:
-                lines[cell_id] = progress.add_task(cell_id[:50], total=spec.ticks)
-            progress.update(lines[cell_id], completed=info["tick"] + 1)
+                lines[cell_id] = bar_view.add_task(cell_id[:50], total=spec.ticks)
+            bar_view.update(lines[cell_id], completed=info["tick"] + 1)
 
         def on_cell(res: Any) -> None:
             if res.cell_id in lines:
-                progress.remove_task(lines.pop(res.cell_id))
+                bar_view.remove_task(lines.pop(res.cell_id))
             if res.action != "kept":
-                progress.advance(overall)
-                progress.update(overall, description=f"last: {res.status}")
+                bar_view.advance(overall)
+                bar_view.update(overall, description=f"last: {res.status}")
                 if res.error:
                     err_console.print(f"[red]{res.cell_id} crashed:[/red] {res.error}")
 
@@ -365,7 +344,7 @@ def extract(
     try:
         report = run_extract(inputs, out, generator="bloodwork extract " + " ".join(sys.argv[2:]))
     except (ExtractError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
     console.print(f"deaths: {len(report.deaths)}; natural events from real-model runs: {report.natural_events}; "
                   f"injected: {report.injected_events}")
@@ -390,7 +369,7 @@ def replay(
         _load_run(run_dir)
         report = replay_run(run_dir, out)
     except (UserError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     except KernelCrash as err:
         fail(str(err), code=3)
     if report.same:
@@ -418,7 +397,7 @@ def profile(
         report = profile_runs(runs, out, compare, generator="bloodwork profile " + " ".join(sys.argv[2:]),
                               semantic=semantic)
     except (ProfileError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     for run in report.runs:
         f, e = run.forgetting, run.eviction
         verdict = "n/a" if f.flagged is None else ("FORGETS" if f.flagged else "no late forgetting")
@@ -447,7 +426,7 @@ def serve(
     try:
         run_server(model, host=host, port=port, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
     except (ServeError, *USER_ERRORS) as err:
-        fail(_one_line(err))
+        fail(one_line(err))
 
 
 @tasks_app.command("list")
@@ -481,7 +460,7 @@ def tasks_import(
         for inst in instances:
             write_instance(inst, out / f"{inst.instance_id}.yaml")
     except USER_ERRORS as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     console.print(f"imported {len(instances)} instances into {out}")
 
 
@@ -503,7 +482,7 @@ def tasks_validate(
         with err_console.status("validating (the first run downloads the pinned sdists)"):
             results = validate_instances(chosen)
     except USER_ERRORS as err:
-        fail(_one_line(err))
+        fail(one_line(err))
     table = Table("instance", "ok", "base fails F2P", "gold passes all", "problems", "seconds")
     for r in results:
         table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.base_fails_f2p),

@@ -14,8 +14,10 @@ from bloodwork.data.train import TRAIN_FILE, TrainConfig, TrainRecord
 from bloodwork.matrix.cli import register
 from bloodwork.matrix.evalset import EvalSetError, freeze, load_evalset, meta_path
 from bloodwork.matrix.loop import LoopSpec
+from bloodwork.matrix.recount import recount
 from bloodwork.matrix.report import MatrixError, MatrixReport
 from bloodwork.matrix.run import MatrixOptions, exclusions, run_matrix
+from bloodwork.matrix.score import Answer, score
 from tests.conftest import requires_bwrap
 from tests.data.conftest import Story
 
@@ -178,3 +180,49 @@ def test_matrix_cli(frozen, tmp_path: Path):
     for args in (["matrix"], ["matrix", "freeze"]):
         res = CliRunner().invoke(app, [*args, "--help"])
         assert res.exit_code == 0 and "Example:" in res.output, args
+
+
+def test_recount_rebuilds_every_figure_and_catches_an_edited_one(frozen, tmp_path: Path):
+    story, evalset, fake = frozen
+    loop = LoopSpec(task=str(story.runner.task_dir), runs=1, ticks=3, chaos="off")
+    run_matrix([f"scripted:{fake}"], evalset, tmp_path, MatrixOptions(loop=loop), generator="test")
+    clean = recount(tmp_path)
+    assert clean.differences == [] and clean.added == []
+    assert (clean.rows_recounted, clean.answers_rescored, clean.loop_runs_recounted) == (1, 20, 1)
+
+    matrix_file = tmp_path / "model_matrix.json"
+    saved = MatrixReport.model_validate_json(matrix_file.read_text())
+    assert saved.rows[0].scores is not None
+    saved.rows[0].scores.strict_valid.k = 15  # a flattering edit
+    matrix_file.write_text(saved.model_dump_json())
+    answers_file = Path(saved.rows[0].answers_file or "")
+    answers = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    broken = next(a for a in answers if not a["strict_ok"])
+    broken["strict_ok"] = True  # a stored verdict that the raw text does not support
+    answers_file.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    figures = {(d.figure, d.stored, d.recounted) for d in recount(tmp_path).differences}
+    assert ("scores.strict_valid.k", 15, 14) in figures
+    assert (f"answer {broken['state_id']}.strict_ok", True, False) in figures
+
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["matrix", "recount", str(tmp_path)])
+    assert res.exit_code == 1 and "scores.strict_valid.k" in res.output
+    res = CliRunner().invoke(app, ["matrix", "recount", str(tmp_path), "--write"])
+    assert res.exit_code == 0, res.output
+    assert recount(tmp_path).differences[0].figure.startswith("answer ")  # the stored answer is evidence: kept
+    assert MatrixReport.model_validate_json(matrix_file.read_text()).rows[0].scores.strict_valid.k == 14
+    res = CliRunner().invoke(app, ["matrix", "recount", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "holds no model_matrix.json" in res.output
+
+
+def test_decode_speed_leaves_prefill_and_queueing_to_the_ttft():
+    def answer(tokens: int, latency: float, ttft: float | None) -> Answer:
+        return Answer(state_id="s", call_index=0, text="", error=None, latency_ms=latency, ttft_ms=ttft,
+                      prompt_tokens=900, completion_tokens=tokens, strict_ok=False, lenient_ok=False, violation=None,
+                      op=None, reference_op=None, agrees_name=None, agrees_exact=None)
+
+    s = score([answer(11, 3000.0, 2000.0), answer(21, 4000.0, 2000.0), answer(1, 500.0, 500.0), answer(5, 900.0, None)])
+    assert s.decode_tokens_per_s is not None and s.decode_tokens_per_s.n == 2
+    assert s.decode_tokens_per_s.p50 == pytest.approx(10.0)  # 10/1 s and 20/2 s
+    assert s.tokens_per_s.n == 4 and s.tokens_per_s.p50 < 5.6  # end to end, prefill included

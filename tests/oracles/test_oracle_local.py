@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from bloodwork.isa import ISA_PROMPT, parse
 from bloodwork.oracles import OracleConfigError, make_oracle
+from bloodwork.oracles.base import Completion
 from bloodwork.oracles.local import (
     CACHE_MARKER,
     LocalOracle,
@@ -120,6 +123,22 @@ def test_greedy_is_deterministic_and_sampling_is_seeded(oracle: LocalOracle) -> 
     assert oracle.generate(MESSAGES, greedy).text == oracle.generate(MESSAGES, greedy).text
     hot = Sampling(max_new_tokens=8, temperature=1.5, seed=3)
     assert oracle.generate(MESSAGES, hot).text == oracle.generate(MESSAGES, hot).text
+
+
+@pytest.mark.model
+def test_time_waiting_for_the_shared_model_is_reported_apart(oracle: LocalOracle) -> None:
+    short = Sampling(max_new_tokens=2)
+    alone = oracle.generate(MESSAGES, short)
+    assert alone.queue_ms is not None and alone.queue_ms < 100
+    answers: list[Completion] = []
+    with oracle.loaded.lock:  # another caller is using the model
+        waiter = threading.Thread(target=lambda: answers.append(oracle.generate(MESSAGES, short)))
+        waiter.start()
+        time.sleep(0.5)
+    waiter.join()
+    queued = answers[0]
+    assert queued.error is None and queued.queue_ms >= 450
+    assert queued.ttft_ms > queued.queue_ms and queued.latency_ms > queued.ttft_ms
 
 
 @pytest.mark.model

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,14 @@ SYMPTOMS = {"kill9": "Connection refused", "chmod": "unable to open database fil
 
 @pytest.fixture
 def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[OpsTask, Path, CommandRunner]]:
-    task = load_task(f"ops-blindbox/{request.param}")
+    with _started(request.param, tmp_path) as started:
+        yield started
+
+
+@contextmanager
+def _started(scenario: str, tmp_path: Path) -> Iterator[tuple[OpsTask, Path, CommandRunner]]:
+    """The scenario's service running in a fresh workspace; service and sandbox are torn down after."""
+    task = load_task(f"ops-blindbox/{scenario}")
     assert isinstance(task, OpsTask)
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -40,6 +48,7 @@ def live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[OpsTa
         yield task, ws, runner
     finally:
         task.close()
+        runner.close()
         runner.close()
 
 
@@ -132,22 +141,12 @@ def test_a_store_moved_elsewhere_is_data_lost(live: tuple[OpsTask, Path, Command
 
 
 def test_resumed_task_knows_the_fault_already_struck(tmp_path: Path) -> None:
-    task = load_task("ops-blindbox/kill9")
-    assert isinstance(task, OpsTask)
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    task.prepare(ws, SEED)
-    runner = CommandRunner(ws, sandbox="bwrap")
-    try:
-        task.start(runner, seed=SEED, resumed=False)
+    with _started("kill9", tmp_path) as (task, ws, runner):
         resumed = load_task("ops-blindbox/kill9")
         assert isinstance(resumed, OpsTask)
         resumed.start(runner, seed=SEED, resumed=True)
         assert resumed.on_tick(runner, task.inject_tick + 3, SEED) == []
         assert resumed.verify(ws, runner).stage == "recovered"  # nothing broke it in this world
-    finally:
-        task.close()
-        runner.close()
 
 
 EXPERT = DATA_DIR / "expert.py"

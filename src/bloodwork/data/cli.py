@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.data.console import console, err_console, fail, one_line, progress
+from bloodwork.console import console, err_console, fail, one_line, progress
 from bloodwork.data.mix import DEFAULT_MIX, MixError, parse_mix
 from bloodwork.kernel import KernelCrash, KernelError
 from bloodwork.oracles.base import OracleConfigError

@@ -461,8 +461,9 @@ class Kernel:
     def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None) -> dict[str, Any]:
         return {"tick": tick, "call_index": call_index, "purpose": "tick", "provenance": self.oracle.provenance,
                 "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
-                "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "prompt_tokens": c.prompt_tokens,
-                "completion_tokens": c.completion_tokens, "retries": c.retries, "finish_reason": c.finish_reason,
+                "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "queue_ms": c.queue_ms,
+                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "retries": c.retries,
+                "finish_reason": c.finish_reason,
                 "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
                 "lenient_ok": verdict.lenient_ok if verdict else None,
                 "violation": verdict.violation if verdict else None,

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.data.console import console, csv, fail, one_line, progress
+from bloodwork.console import console, csv, fail, one_line, progress
 from bloodwork.kernel import KernelError
 from bloodwork.matrix.evalset import EvalSetError
 from bloodwork.matrix.report import MatrixError
@@ -117,9 +117,43 @@ def freeze(
     console.print(f"eval set: {out} sha256 {meta.sha256}")
 
 
+def recount(
+    matrix_dir: Annotated[Path, typer.Argument(help="A matrix folder (holds model_matrix.json).")],
+    write: Annotated[bool, typer.Option(help="Rewrite the matrix files from the recount (e.g. for a figure "
+                                             "added since the matrix was made).")] = False,
+) -> None:
+    """Recompute every figure of a matrix from its raw answers, eval set and loop runs; exit 1 if any differs.
+
+    Example: bloodwork matrix recount runs/m1
+    """
+    from bloodwork.matrix.recount import recount as run_recount
+
+    try:
+        result = run_recount(matrix_dir, write=write)
+    except (ValueError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    console.print(f"recounted {result.rows_recounted} rows: {result.answers_rescored} answers scored again from "
+                  f"their raw text, {result.loop_runs_recounted} loop runs counted again from their journals")
+    for d in result.differences[:20]:
+        console.print(f"[red]differs[/red] {d.row}: {d.figure}: stored {d.stored!r}, recounted {d.recounted!r}",
+                      highlight=False)
+    if len(result.differences) > 20:
+        console.print(f"... and {len(result.differences) - 20} more differences")
+    if result.added:
+        verb = "written" if write else "not stored (use --write to add them)"
+        console.print(f"{len(result.added)} figures {verb}, e.g. {result.added[0]}")
+    if result.differences:
+        if write:
+            console.print(f"{len(result.differences)} differences: the matrix files now hold the recount")
+            return
+        raise typer.Exit(1)
+    console.print("every stored figure agrees with the raw files")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `matrix` (with its `freeze` subcommand) to the bloodwork CLI."""
+    """Add `matrix` (with its `freeze` and `recount` subcommands) to the bloodwork CLI."""
     matrix_app = typer.Typer(invoke_without_command=True)  # the help is `matrix`'s docstring
     matrix_app.callback()(matrix)
     matrix_app.command("freeze")(freeze)
+    matrix_app.command("recount")(recount)
     app.add_typer(matrix_app, name="matrix")

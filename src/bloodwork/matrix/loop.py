@@ -59,6 +59,11 @@ def closed_loop(oracle: Oracle, spec: LoopSpec, out_dir: Path,
         runs.append(kernel.paths.root)
         if on_run:
             on_run()
+    return loop_result(spec, runs)
+
+
+def loop_result(spec: LoopSpec, runs: list[Path]) -> LoopResult:
+    """The row's loop figures, counted from the runs' manifests and journals (also what a recount reads)."""
     statuses: dict[str, int] = {}
     panics, mttr, ticks = [], [], []
     for run in runs:

@@ -105,10 +105,12 @@ def render_markdown(m: MatrixReport) -> str:
              f"`{m.prompt_template_sha256[:16]}`. States by category: "
              + ", ".join(f"{k} {v}" for k, v in sorted(e.categories.items())) + ".",
              "Each model answers each state once, greedy; the raw text is scored before any clean-up. Rates are over "
-             "answered calls with Wilson 95 % intervals; latency is per call.", "",
+             "answered calls with Wilson 95 % intervals; latency is per call, from the call's start (queueing and "
+             "prefill are in the TTFT); decode tok/s counts the tokens after the first over the time after the first. "
+             "Every figure can be recounted from the raw files: `bloodwork matrix recount DIR`.", "",
              "| model | provenance | strict valid | lenient valid | op agrees (name) | op agrees (exact) | "
-             "latency p50 / p95 / mean ms | TTFT p50 ms | tok/s p50 | errors | loop: completed | died | panics mean "
-             "| MTTR p50 ticks |", "|" + "---|" * 14]
+             "latency p50 / p95 / mean ms | TTFT p50 ms | decode tok/s p50 | errors | loop: completed | died | "
+             "panics mean | MTTR p50 ticks |", "|" + "---|" * 14]
     for r in m.rows:
         mark = "" if r.comparable else " †"
         if r.status != "ok" or r.scores is None:
@@ -120,7 +122,8 @@ def render_markdown(m: MatrixReport) -> str:
         lines.append(
             f"| {r.label}{mark} | {r.provenance} | {_rate(s.strict_valid)} | {_rate(s.lenient_valid)} | "
             f"{_rate(s.op_name_agreement)} | {_rate(s.op_exact_agreement)} | {_num(lat.p50)} / {_num(lat.p95)} / "
-            f"{_num(lat.mean)} (n={lat.n}) | {_num(s.ttft_ms.p50)} | {_num(s.tokens_per_s.p50, '{:.1f}')} | "
+            f"{_num(lat.mean)} (n={lat.n}) | {_num(s.ttft_ms.p50)} | "
+            f"{_num(s.decode_tokens_per_s.p50 if s.decode_tokens_per_s else None, '{:.1f}')} | "
             f"{_rate(s.errors)} | {_rate(loop.completed) if loop else '—'} | {_rate(loop.died) if loop else '—'} | "
             f"{_num(loop.panics.mean, '{:.1f}') if loop else '—'} | {_num(loop.mttr_ticks.p50) if loop else '—'} |")
     lines += ["", "## Rows", ""]

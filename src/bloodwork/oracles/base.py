@@ -23,11 +23,17 @@ class OracleConfigError(ValueError):
 
 
 class Completion(BaseModel):
-    """One model call as the kernel saw it. `text` is raw: never cleaned up before scoring."""
+    """One model call as the kernel saw it. `text` is raw: never cleaned up before scoring.
+
+    `latency_ms` and `ttft_ms` count from the start of the call: they are what the caller waited.
+    `queue_ms` is the part of that spent waiting for a model shared with other callers (a sweep's
+    workers, `bloodwork serve`'s clients), so the model's own speed is recoverable from a busy run.
+    """
 
     text: str = ""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+    queue_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     retries: int = 0

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bloodwork.chronos.files import sha256_file
 from bloodwork.oracles.base import CallInfo, Completion, Message, OracleConfigError
 
 if TYPE_CHECKING:
@@ -128,11 +129,7 @@ def gguf_sha256(path: Path, root: Path) -> str:
         memo = {}
     if isinstance(memo.get(key), str):
         return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    sha = digest.hexdigest()
+    sha = sha256_file(path)
     try:
         root.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(memo_file, {**memo, key: sha})
@@ -353,7 +350,9 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator |
 def decode(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling, *,
            schema: dict[str, Any] | None = None, constrained: bool = False,
            on_text: Callable[[str], None] | None = None) -> Completion:
-    """Generate after `prompt_ids`, under the model's lock (a model's forward pass is not thread-safe)."""
+    """Generate after `prompt_ids`, under the model's lock (a model's forward pass is not thread-safe).
+
+    Timings start before the lock is taken, as the caller waits; the wait itself is `queue_ms`."""
     import torch
     from transformers import DynamicCache
 
@@ -366,6 +365,7 @@ def decode(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling, *,
     budget = min(sampling.max_new_tokens, room)
     tok = loaded.tokenizer
     with loaded.lock, torch.inference_mode():
+        queue_ms = (time.perf_counter() - start) * 1000
         guide = None
         if constrained:
             from bloodwork.oracles.constrained import FrameGuide
@@ -403,8 +403,8 @@ def decode(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling, *,
     if on_text is not None and len(text) > len(emitted):
         on_text(text[len(emitted):])
     return Completion(text=text, latency_ms=(time.perf_counter() - start) * 1000, ttft_ms=ttft_ms,
-                      prompt_tokens=n_prompt, completion_tokens=len(new) + int(finish == "stop"),
-                      finish_reason=finish)
+                      queue_ms=round(queue_ms, 3), prompt_tokens=n_prompt,
+                      completion_tokens=len(new) + int(finish == "stop"), finish_reason=finish)
 
 
 class LocalOracle:

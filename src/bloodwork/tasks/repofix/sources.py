@@ -13,7 +13,6 @@ agent's workspace and never runs a patch tool over files the agent controls.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -25,6 +24,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bloodwork.chronos.files import sha256_file
 from bloodwork.tasks.repofix.instance import InstanceError, RepoFixInstance, SdistRef
 
 CACHE_ENV = "BLOODWORK_CACHE"
@@ -45,17 +45,9 @@ def cache_dir() -> Path:
     return root / "sdists"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _cached(ref: SdistRef, folder: Path) -> Path | None:
     for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if path.is_file() and _sha256(path) == ref.sha256:
+        if path.is_file() and sha256_file(path) == ref.sha256:
             return path
     return None
 
@@ -78,7 +70,7 @@ def fetch_sdist(ref: SdistRef, cache: Path | None = None) -> Path:
         if res.returncode != 0 or len(files) != 1:
             why = (res.stderr.strip().splitlines() or ["no archive downloaded"])[-1]
             raise SourceError(f"cannot download {ref.spec} (not cached in {folder}): {why}")
-        got = _sha256(files[0])
+        got = sha256_file(files[0])
         if got != ref.sha256:
             raise SourceError(f"{files[0].name}: sha256 {got} does not match the pinned {ref.sha256}")
         final = folder / files[0].name

@@ -1,8 +1,8 @@
-"""Console conventions shared by the `data` and `matrix` commands (the same as `bloodwork.cli`'s):
-a user mistake is one red line on stderr and exit 2; long work shows a rich progress bar on stderr.
+"""Console conventions every `bloodwork` command follows: a user mistake is one red line on stderr and
+exit 2; long work shows a rich progress bar on stderr, so stdout keeps only the result.
 
-They live here rather than being imported from `bloodwork.cli`, which imports these command modules
-to register them.
+They live apart from `bloodwork.cli` because the `data` and `matrix` command modules need them too and
+`bloodwork.cli` imports those modules to register them.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ def one_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def progress(label: str) -> Progress:
-    """Transient: once the work ends (or fails) the bar is gone, so an error stays the only line on stderr."""
+def progress(label: str, *, transient: bool = True) -> Progress:
+    """Transient by default: once the work ends (or fails) the bar is gone, so an error stays the only line
+    on stderr. A run's bar stays, because its last state (panics, traps) is part of what the user reads."""
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                    TimeElapsedColumn(), console=err_console, transient=True)
+                    TimeElapsedColumn(), console=err_console, transient=transient)
 
 
 def csv(value: str) -> list[str]:
