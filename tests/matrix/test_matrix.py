@@ -114,9 +114,10 @@ def test_rows_with_other_hashes_are_refused_or_marked(frozen, tmp_path: Path):
     other.write_text(FAKE_30PCT_INVALID)
     with pytest.raises(MatrixError, match="different eval set"):
         run_matrix([f"scripted:{other}"], evalset, tmp_path, MatrixOptions(), generator="test")
-    mixed = run_matrix([f"scripted:{other}"], evalset, tmp_path, MatrixOptions(allow_mixed=True), generator="test")
+    mixed = run_matrix([f"scripted:{other}"], evalset, tmp_path, MatrixOptions(allow_mixed=True), generator="second")
     old, new = mixed.rows
     assert not old.comparable and old.mismatch == ["eval set"] and new.comparable
+    assert (old.generator, new.generator) == ("test", "second")  # each row keeps the command that made it
     assert "†" in (tmp_path / "model_matrix.md").read_text()
 
 

@@ -47,6 +47,8 @@ class ModelRow(BaseModel):
     comparable: bool = True
     mismatch: list[str] = Field(default_factory=list)
     created_at: str
+    generator: str | None = Field(default=None, description="the command that made this row (rows of one matrix "
+                                  "may come from several commands); absent from older matrices")
 
 
 class MatrixReport(BaseModel):
@@ -140,7 +142,8 @@ def render_markdown(m: MatrixReport) -> str:
                      + (f"; violations {r.scores.violation_classes}" if r.scores else "")
                      + (f"; loop {r.loop.spec.runs} runs of {r.loop.spec.task} under chaos {r.loop.spec.chaos}, "
                         f"{r.loop.spec.ticks} ticks: {r.loop.statuses}" if r.loop else "")
-                     + ("" if r.comparable else f"; **not comparable**: different {', '.join(r.mismatch)}"))
+                     + ("" if r.comparable else f"; **not comparable**: different {', '.join(r.mismatch)}")
+                     + (f"; made by `{r.generator}`" if r.generator else ""))
     if any(not r.comparable for r in m.rows):
         lines += ["", "† scored on a different eval set or ISA than the rest: not comparable."]
     return "\n".join(lines) + "\n"

@@ -148,7 +148,7 @@ def run_matrix(specs: list[str], eval_file: Path, out: Path, options: MatrixOpti
     rows = []
     for spec in specs:
         common = {"eval_set_sha256": meta.sha256, "prompt_template_sha256": template,
-                  "states_excluded": len(excluded), "created_at": now_iso(),
+                  "states_excluded": len(excluded), "created_at": now_iso(), "generator": generator,
                   "exclusion_note": "; ".join(f"{s}: {n}" for s, n in notes.items())}
         rows.append(_row(spec, scored, out, options, common, on_tick or (lambda: None)))
     fresh = MatrixReport(generator=generator, eval_set_file=str(eval_file), eval_set=meta,
