@@ -60,6 +60,9 @@ LOOP_TRAPS = frozenset({"THRASHING", "WATCHDOG"})
 ENVIRONMENT_TRAPS = frozenset({"LOG_FLOOD", "IO_FAULT", "ORACLE_FAULT"})
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
+# Exec slices of runs recorded before 2026-11-28 carried the command's duration in their head line
+# (`[exit 1, 1.87s, 4613 bytes of output]`); the kernel no longer writes it.
+_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
 
 
 class ForkError(ValueError):
@@ -170,8 +173,10 @@ class _ForkOracle:
 
 def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
-    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones."""
-    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", canonical_json(messages)))
+    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
+    head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
+    text = _OLD_EXEC_DURATION.sub(r"\1\2", canonical_json(messages))
+    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
 
 
 def find_forks(paths: list[Path]) -> list[ForkRecord]:
