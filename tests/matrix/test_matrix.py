@@ -16,7 +16,7 @@ from bloodwork.matrix.evalset import EvalSetError, freeze, load_evalset, meta_pa
 from bloodwork.matrix.loop import LoopSpec
 from bloodwork.matrix.recount import recount
 from bloodwork.matrix.report import MatrixError, MatrixReport
-from bloodwork.matrix.run import MatrixOptions, exclusions, run_matrix
+from bloodwork.matrix.run import MatrixOptions, default_label, exclusions, run_matrix
 from bloodwork.matrix.score import Answer, score
 from tests.conftest import requires_bwrap
 from tests.data.conftest import Story
@@ -160,6 +160,8 @@ def test_adapter_rows_are_scored_only_on_states_it_never_trained_on(frozen, tmp_
     bare.mkdir()
     excluded, notes = exclusions([f"local:smollm2+lora={bare}"], states)
     assert not excluded and "unknown" in notes[f"local:smollm2+lora={bare}"]
+    assert default_label(f"local:smollm2+lora={adapter}", None, "real") == "local:smollm2 + fine-tuned LoRA SFT adapter"
+    assert default_label(f"local:smollm2+lora={bare}", None, "real") == "local:smollm2 + fine-tuned LoRA foreign"
 
 
 def test_matrix_cli(frozen, tmp_path: Path):

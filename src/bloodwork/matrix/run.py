@@ -70,7 +70,9 @@ def default_label(spec: str, described: dict[str, Any] | None, provenance: str |
         return f"{spec} (scripted fake, not a model)"
     adapter = adapter_of(spec)
     if adapter is not None:
-        return f"{spec.split('+lora=')[0]} + fine-tuned LoRA {adapter.name}"
+        record = adapter / TRAIN_FILE
+        kind = TrainRecord.model_validate_json(record.read_text()).config.kind.upper() if record.is_file() else ""
+        return f"{spec.split('+lora=')[0]} + fine-tuned LoRA {kind + ' ' if kind else ''}{adapter.name}"
     if spec.partition(":")[0] in API_SCHEMES:
         where = (described or {}).get("base_url") or "its endpoint"
         return f"{spec} via OpenAI-compatible API at {where}"
