@@ -20,7 +20,7 @@ from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.cli import app
-from bloodwork.evidence.extract import call_times
+from bloodwork.evidence.extract import answered_tick_calls, call_times
 from bloodwork.evidence.stats import Distribution, percentile, wilson
 
 console = Console()
@@ -31,8 +31,8 @@ def summarize(run_dir: Path) -> dict[str, object]:
     paths = RunPaths(run_dir)
     manifest = RunManifest.load(paths)
     events = read_events(paths.journal)
-    calls = [r for r in read_jsonl(paths.dirty) if r.get("purpose", "tick") == "tick" and not r.get("error")]
-    times = call_times([run_dir])
+    calls = answered_tick_calls(read_jsonl(paths.dirty))
+    times = call_times(calls)
     mttr = [e.data["mttr_ticks"] for e in events if e.kind == "recovery"]
     traps = Counter(f"{e.data['kind']}{'*' if e.data.get('injected') else ''}" for e in events if e.kind == "trap")
     return {"run": manifest.run_id, "status": manifest.status.value, "ticks": manifest.ticks,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from bloodwork.chronos.files import sha256_file
-from bloodwork.evidence.extract import call_times, extract
+from bloodwork.evidence.extract import answered_tick_calls, call_times, extract
 from bloodwork.evidence.replay import replay_run
 from tests.conftest import frame, requires_bwrap
 
@@ -85,7 +85,7 @@ def test_replay_notices_a_divergence(runner, tmp_path):
     assert not report.same and report.first_divergence is not None
 
 
-def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time(tmp_path):
+def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time():
     # two workers share one model: the second call waited 700 ms for the lock, then ran 300 ms
     calls = [
         {"provenance": "real", "latency_ms": 400.0, "queue_ms": 0.5},
@@ -95,10 +95,7 @@ def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time(tmp_pa
         {"provenance": "real", "latency_ms": 9000.0, "queue_ms": 0.0, "error": "timeout"},
         {"provenance": "real", "latency_ms": 5000.0, "queue_ms": 0.0, "purpose": "probe"},
     ]
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "dirty_trace.jsonl").write_text("".join(json.dumps(c) + "\n" for c in calls))
-    times = call_times([run])
+    times = call_times(answered_tick_calls(calls))
     assert times.latency_ms.n == times.queued_ms.n == times.model_ms.n == 3
     assert times.latency_ms.max == 1000.0 and times.queued_ms.max == 700.0
     assert times.model_ms.max == 399.5 and sorted([times.model_ms.p50, times.model_ms.mean]) == [300.0, 316.5]

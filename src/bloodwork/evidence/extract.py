@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,32 +210,24 @@ class SweepReport(BaseModel):
     journals_failing_verify: list[str]
 
 
-def call_times(runs: list[Path]) -> CallTimes:
-    """Timings of the real-model tick calls in these runs (calls without a recorded queue wait count as 0)."""
-    latency: list[float] = []
-    queued: list[float] = []
-    for run in runs:
-        for rec in read_jsonl(run / "dirty_trace.jsonl"):
-            if rec.get("purpose", "tick") == "tick" and not rec.get("error") and rec.get("provenance") == "real":
-                latency.append(rec["latency_ms"])
-                queued.append(rec.get("queue_ms") or 0.0)
+def answered_tick_calls(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dirty-trace records of tick calls that got an answer (not probes, not failed calls)."""
+    return [r for r in records if r.get("purpose", "tick") == "tick" and not r.get("error")]
+
+
+def call_times(calls: list[dict[str, Any]]) -> CallTimes:
+    """Timings of the real-model calls among these (calls without a recorded queue wait count as 0)."""
+    real = [c for c in calls if c.get("provenance") == "real"]
+    latency = [c["latency_ms"] for c in real]
+    queued = [c.get("queue_ms") or 0.0 for c in real]
     return CallTimes(latency_ms=distribution(latency), queued_ms=distribution(queued),
                      model_ms=distribution([round(t - q, 3) for t, q in zip(latency, queued, strict=True)]))
 
 
-def _violations(runs: list[Path]) -> tuple[Rate, Rate, dict[str, int]]:
-    strict_bad = lenient_bad = n = 0
-    classes: Counter[str] = Counter()
-    for run in runs:
-        for rec in read_jsonl(run / "dirty_trace.jsonl"):
-            if rec.get("purpose", "tick") != "tick" or rec.get("error"):
-                continue
-            n += 1
-            strict_bad += not rec["strict_ok"]
-            lenient_bad += not rec["lenient_ok"]
-            if rec.get("violation"):
-                classes[rec["violation"]] += 1
-    return wilson(strict_bad, n), wilson(lenient_bad, n), dict(classes.most_common())
+def _violations(calls: list[dict[str, Any]]) -> tuple[Rate, Rate, dict[str, int]]:
+    classes = Counter(c["violation"] for c in calls if c.get("violation"))
+    return (wilson(sum(not c["strict_ok"] for c in calls), len(calls)),
+            wilson(sum(not c["lenient_ok"] for c in calls), len(calls)), dict(classes.most_common()))
 
 
 def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
@@ -277,7 +270,8 @@ def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
     recoveries = [e for e in all_events if e.event == "recovery"]
     panics = [e for e in all_events if e.event == "panic"]
     run_dirs = [Path(s.path) for s in summaries]
-    strict, lenient, classes = _violations(run_dirs)
+    calls = [c for run in run_dirs for c in answered_tick_calls(read_jsonl(run / "dirty_trace.jsonl"))]
+    strict, lenient, classes = _violations(calls)
     report = SweepReport(
         generator=generator, runs=len(summaries), provenance=dict(Counter(s.provenance for s in summaries)),
         runs_by_status=dict(Counter(s.status for s in summaries).most_common()), deaths=deaths,
@@ -288,7 +282,7 @@ def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
         recovery=wilson(len(recoveries), len(recoveries) + len(panics)),
         mttr_ticks=distribution([e.data["mttr_ticks"] for e in recoveries]),
         mttr_s=distribution([e.data["mttr_s"] for e in recoveries]),
-        strict_violation=strict, lenient_violation=lenient, violation_classes=classes, call_times=call_times(run_dirs),
+        strict_violation=strict, lenient_violation=lenient, violation_classes=classes, call_times=call_times(calls),
         journals_failing_verify=[s.run_id for s in summaries if not s.journal_ok])
     (out / "sweep_report.json").write_text(report.model_dump_json(indent=2))
     (out / "sweep_report.md").write_text(render_markdown(report))
