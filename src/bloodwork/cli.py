@@ -14,10 +14,11 @@ from rich.table import Table
 
 from bloodwork import isa
 from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
-from bloodwork.chronos.journal import verify as verify_journal
+from bloodwork.chronos.journal import JournalHead
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.console import console, err_console, fail, one_line, progress
-from bloodwork.kernel import Kernel, KernelConfig, KernelCrash, KernelError, RunResult
+from bloodwork.kernel import Kernel, KernelCrash, KernelError, RunResult
+from bloodwork.kernel.config import ConfigError, load_config
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.base import TaskError
@@ -30,7 +31,7 @@ isa_app = typer.Typer(help="The syscall frame the model must emit.", no_args_is_
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(isa_app, name="isa")
 
-USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError)
+USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, ConfigError, KernelError, ValidationError, OSError)
 
 
 class UserError(Exception):
@@ -76,14 +77,18 @@ def run(
     task: Annotated[str, typer.Argument(help="Built-in task id (see `bloodwork tasks list`) or a task folder.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec, e.g. local:smollm2, scripted:FILE.")] =
     "local:smollm2",
-    ticks: Annotated[int, typer.Option("--ticks", "-n", help="Maximum ticks.")] = 200,
+    ticks: Annotated[int | None, typer.Option("--ticks", "-n", help="Maximum ticks; overrides $BLOODWORK_TICKS, "
+                                              "which overrides --config [default: 200].", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault plan and the model's sampling.")] = 0,
-    panic_budget: Annotated[int, typer.Option(help="Panics before the run dies.")] = 3,
+    panic_budget: Annotated[int | None, typer.Option(help="Panics before the run dies; overrides "
+                                                     "$BLOODWORK_PANIC_BUDGET, which overrides --config [default: 3].",
+                                                     show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory (default: generated).")] = None,
     chaos: Annotated[str, typer.Option(help="Chaos profile: off, default, heavy, or a YAML file.")] = "off",
     rate: Annotated[list[str] | None, typer.Option(help="Override one chaos rate, KIND=RATE (repeatable).")] = None,
-    config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits); the "
+                                                "environment and explicit flags override it.")] = None,
     policy: Annotated[str | None, typer.Option(help="Context policy: pinned, window, masked, unbounded.")] = None,
     budget: Annotated[int | None, typer.Option(help="Context budget in tokens.")] = None,
     probe_every: Annotated[int | None, typer.Option(help="Ask a goal probe every K ticks (0 = off).")] = None,
@@ -95,9 +100,8 @@ def run(
     Example: bloodwork run long-haul/ledger --model scripted:expert.py --ticks 60 --chaos default --seed 7
     """
     try:
-        cfg = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=policy, budget=budget)
-        if probe_every is not None:
-            cfg.probe_every = probe_every
+        cfg = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget, "context.policy": policy,
+                                         "context.budget_tokens": budget, "probe_every": probe_every})
         profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
         the_task = load_task(task)
         options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
@@ -120,33 +124,6 @@ def _writable(folder: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _kernel_config(path: Path | None, **overrides: Any) -> KernelConfig:
-    import os
-
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a kernel config must be a mapping")
-    for key, var in (("max_ticks", "BLOODWORK_TICKS"), ("panic_budget", "BLOODWORK_PANIC_BUDGET")):
-        if var in os.environ:
-            data[key] = os.environ[var]
-    data["max_ticks"] = overrides["ticks"]
-    data["panic_budget"] = overrides["panic_budget"]
-    ctx = dict(data.get("context") or {})
-    if overrides.get("policy"):
-        ctx["policy"] = overrides["policy"]
-    if overrides.get("budget"):
-        ctx["budget_tokens"] = overrides["budget"]
-    data["context"] = ctx
-    return KernelConfig.model_validate(data)
 
 
 def _parse_rates(items: list[str]) -> dict[str, float]:
@@ -186,22 +163,49 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to co
 
 
 @app.command()
-def verify(run_dir: Annotated[Path, typer.Argument(help="The run directory whose journal to check.")]) -> None:
-    """Check the journal's hash chain. Exit 1 at the first bad line; a torn last line is only reported.
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory or a death bundle.")],
+    head: Annotated[str | None, typer.Option(help="The head SEQ:HASH you hold from elsewhere (e.g. a bundle's "
+                                             "manifest.json); the journal must end exactly there.")] = None,
+) -> None:
+    """Check the journal's hash chain and that it ends exactly at its committed head. Exit 1 if not.
 
-    Example: bloodwork verify runs/my-run
+    The head comes from registers.json (a run) or manifest.json (a death bundle, whose files are checked
+    against their sha256 too); `--head` pins one you keep elsewhere. A torn last line is only reported.
+
+    Example: bloodwork verify runs/my-run --head 41:5d1c0f...
     """
+    from bloodwork.evidence.extract import verify_run_or_bundle
+
     paths = RunPaths(run_dir)
     if not paths.journal.is_file():
         fail(f"{run_dir} has no .journal.log")
-    report = verify_journal(paths.journal)
+    try:
+        pinned = _parse_head(head) if head else None
+    except UserError as err:
+        fail(str(err))
+    report = verify_run_or_bundle(run_dir)
+    if report.ok and pinned is not None and pinned != report.head:
+        report = report.model_copy(update={"ok": False, "first_bad_seq": None, "reason": (
+            f"the journal ends at the head {report.head} named by {report.anchor}, not at --head {pinned}")})
     if report.torn_tail:
         console.print("note: the last line is torn (a crash mid-write); it is ignored")
     if not report.ok:
-        err_console.print(f"[red]journal broken[/red] at seq {report.first_bad_seq} (line {report.first_bad_line}): "
-                          f"{report.reason}")
+        where = f" at seq {report.first_bad_seq} (line {report.first_bad_line})" if report.first_bad_seq is not None \
+            else ""
+        err_console.print(f"[red]journal broken[/red]{where}: {report.reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"journal ok: {report.events} events, head {report.last_hash[:16]}")
+    console.print(f"journal ok: {report.events} events, ending at the committed head named by {report.anchor}"
+                  f"{' and --head' if pinned else ''}: {report.events - 1}:{report.last_hash}")
+
+
+def _parse_head(text: str) -> JournalHead:
+    seq, _, digest = text.partition(":")
+    try:
+        return JournalHead(seq=int(seq), hash=digest.lower())
+    except ValueError as err:
+        raise UserError(f"--head {text!r}: give SEQ:HASH, the last event's sequence number and its 64 hex digits") \
+            from err
 
 
 @app.command()
@@ -213,6 +217,8 @@ def show(
 
     Example: bloodwork show runs/my-run --last 40
     """
+    if last < 0:
+        fail(f"--last must be 0 (all) or a number of ticks, got {last}")
     try:
         paths, manifest = _load_run(run_dir)
     except (UserError, *USER_ERRORS) as err:
@@ -269,8 +275,11 @@ def sweep(
     chaos: Annotated[str, typer.Option(help="Profiles (off,default,heavy,FILE) or KIND=RATE entries; "
                                             "separate entries with ';' when an entry has commas.")] = "default",
     seeds: Annotated[str, typer.Option(help="Seeds: 0-3,7.")] = "0",
-    ticks: Annotated[int, typer.Option(help="Maximum ticks per run.")] = 60,
-    panic_budget: Annotated[int, typer.Option(help="Panics before a run dies.")] = 3,
+    ticks: Annotated[int | None, typer.Option(help="Maximum ticks per run; overrides $BLOODWORK_TICKS, "
+                                              "which overrides --config [default: 60].", show_default=False)] = None,
+    panic_budget: Annotated[int | None, typer.Option(help="Panics before a run dies; overrides "
+                                                     "$BLOODWORK_PANIC_BUDGET, which overrides --config [default: 3].",
+                                                     show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec).")] = 2,
     out: Annotated[Path, typer.Option(help="Sweep directory (run it again to resume).")] = Path("runs/sweep"),
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
@@ -285,10 +294,11 @@ def sweep(
     from bloodwork.sweep import Sweep, SweepError, SweepSpec
 
     try:
-        base = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=None, budget=None)
+        base = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget},
+                           defaults={"max_ticks": SweepSpec.model_fields["ticks"].default})
         options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
-                         ticks=ticks, panic_budget=panic_budget, workers=workers,
+                         ticks=base.max_ticks, panic_budget=base.panic_budget, workers=workers,
                          config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options)
         runner = Sweep(spec, out)
         runner.prepare()
@@ -359,15 +369,18 @@ def replay(
     run_dir: Annotated[Path, typer.Argument(help="A run directory or a death bundle.")],
     out: Annotated[Path, typer.Option(help="Folder that receives the replayed run.")] = Path("runs/replays"),
 ) -> None:
-    """Re-run a run from its raw outputs and seeds; exit 1 if its ticks, traps or death differ.
+    """Re-run a run from its raw outputs and seeds; exit 1 if its ticks, traps or death differ, or if its journal
+    does not verify (a cut or rewritten journal is refused, never "reproduced").
 
     Example: bloodwork replay runs/sweep1/evidence/deaths/<run_id>
     """
-    from bloodwork.evidence.replay import replay_run
+    from bloodwork.evidence.replay import ReplayRefused, replay_run
 
     try:
         _load_run(run_dir)
         report = replay_run(run_dir, out)
+    except ReplayRefused as err:
+        fail(f"refused: {err}", code=1)
     except (UserError, *USER_ERRORS) as err:
         fail(one_line(err))
     except KernelCrash as err:

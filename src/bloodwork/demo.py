@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bloodwork.chronos.files import read_jsonl
-from bloodwork.chronos.journal import read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.run import RunManifest, RunPaths, verify_run
 from bloodwork.cli import app
 from bloodwork.evidence.extract import answered_tick_calls, call_times
 from bloodwork.evidence.stats import Distribution, percentile, wilson
@@ -41,7 +41,7 @@ def summarize(run_dir: Path) -> dict[str, object]:
             "strict": wilson(sum(not r["strict_ok"] for r in calls), len(calls)),
             "lenient": wilson(sum(not r["lenient_ok"] for r in calls), len(calls)),
             "model_ms": times.model_ms, "queued_ms": times.queued_ms,
-            "mttr": percentile(mttr, 50), "verified": verify(paths.journal).ok}
+            "mttr": percentile(mttr, 50), "verified": verify_run(paths).ok}
 
 
 def _ms(model: Distribution, queued: Distribution) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -148,9 +147,7 @@ class Sweep:
                               cause_of_death=m.cause_of_death, action="kept")
         task = load_task(cell.task)
         oracle = self.oracle(cell.model, cell.seed)
-        if state is None:
-            if run_dir.exists():  # a cell that died before its first commit: start it clean
-                shutil.rmtree(run_dir)
+        if state is None:  # never started, or killed before its first commit (create replaces that)
             kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
                                    chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
                                    command_line=["bloodwork", "sweep", str(self.out)],
