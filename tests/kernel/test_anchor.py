@@ -97,10 +97,17 @@ def test_each_tampering_fails_verify(finished, tmp_path, tamper):
     paths = copy_run(finished, tmp_path / "run")
     tamper(paths.journal)
     assert verify(paths.journal).ok  # the chain alone is still self-consistent
-    assert not verify_run(paths).ok
+    report = verify_run(paths)
+    assert not report.ok and "committed head" in report.reason
+    assert report.trusted < len(read_events(paths.journal)) or tamper is cut_last or tamper is truncate_half
+
+
+def test_verify_exits_1_on_a_tampered_run(finished, tmp_path):
+    paths = copy_run(finished, tmp_path / "run")
+    append_forged(paths.journal)
     res = cli("verify", str(paths.root))
     assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert "journal broken" in res.stderr and "committed head" in res.stderr
+    assert "journal broken" in res.stderr and "after the committed head" in res.stderr
 
 
 def test_registers_and_journal_rewritten_together_still_fail_against_a_head_kept_elsewhere(finished, tmp_path):
@@ -137,8 +144,9 @@ def test_replay_refuses_a_cut_or_rewritten_journal(finished, tmp_path, tamper):
     with pytest.raises(ReplayRefused, match="does not verify"):
         replay_run(paths.root, tmp_path / "replays")
     assert not (tmp_path / "replays").exists()
-    res = cli("replay", str(paths.root), "--out", str(tmp_path / "replays"))
-    assert res.returncode == 1 and "refused" in res.stderr and "reproduced" not in res.stdout
+    if tamper is cut_last:
+        res = cli("replay", str(paths.root), "--out", str(tmp_path / "replays"))
+        assert res.returncode == 1 and "refused" in res.stderr and "reproduced" not in res.stdout
 
 
 def test_replays_within_one_second_get_their_own_directories(finished, tmp_path):

@@ -39,8 +39,13 @@ def escape_surrogates(text: str) -> str:
     Inside a JSON string the escape reads back as the surrogate; in plain text (what the kernel shows
     a model of its own past answer) it is visible, and the text can be sent to any endpoint.
     """
-    if _SURROGATE.search(text) is None:
+    if text.isascii():  # the common case, and the cheapest test (a regex scan costs ~25 us per 2 KB line)
         return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
     text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")  # joins pairs
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
