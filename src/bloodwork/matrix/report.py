@@ -115,19 +115,23 @@ def render_markdown(m: MatrixReport) -> str:
              "panics mean | MTTR p50 ticks |", "|" + "---|" * 14]
     for r in m.rows:
         mark = "" if r.comparable else " †"
-        if r.status != "ok" or r.scores is None:
+        loop = r.loop
+        loop_cells = (f"{_rate(loop.completed)} | {_rate(loop.died)} | {_num(loop.panics.mean, '{:.1f}')} | "
+                      f"{_num(loop.mttr_ticks.p50)} |" if loop else "— | — | — | — |")
+        if r.status != "ok" or (r.scores is None and loop is None):
             lines.append(f"| {r.label}{mark} | {r.provenance or '—'} | {r.status}: {r.reason} |" + " |" * 11)
+            continue
+        if r.scores is None:  # a reference policy: closed-loop runs only
+            lines.append(f"| {r.label}{mark} | {r.provenance} | {r.reason} |" + " |" * 7 + f" {loop_cells}")
             continue
         s = r.scores
         lat = s.latency_ms
-        loop = r.loop
         lines.append(
             f"| {r.label}{mark} | {r.provenance} | {_rate(s.strict_valid)} | {_rate(s.lenient_valid)} | "
             f"{_rate(s.op_name_agreement)} | {_rate(s.op_exact_agreement)} | {_num(lat.p50)} / {_num(lat.p95)} / "
             f"{_num(lat.mean)} (n={lat.n}) | {_num(s.ttft_ms.p50)} | "
             f"{_num(s.decode_tokens_per_s.p50 if s.decode_tokens_per_s else None, '{:.1f}')} | "
-            f"{_rate(s.errors)} | {_rate(loop.completed) if loop else '—'} | {_rate(loop.died) if loop else '—'} | "
-            f"{_num(loop.panics.mean, '{:.1f}') if loop else '—'} | {_num(loop.mttr_ticks.p50) if loop else '—'} |")
+            f"{_rate(s.errors)} | {loop_cells}")
     lines += ["", "## Rows", ""]
     for r in m.rows:
         if r.status == "unavailable":
@@ -162,7 +166,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
         for y, r in zip(ys, m.rows, strict=True):
             rate: Rate | None = getattr(r.scores, key) if r.scores else None
             if rate is None or rate.rate is None or rate.ci95 is None:
-                ax1.text(0.01, y, f"n/a: {r.status}", va="center", fontsize=8)
+                why = "loop only" if r.status == "ok" and r.loop is not None else r.status
+                ax1.text(0.01, y, f"n/a: {why}", va="center", fontsize=8)
                 continue
             err = [[rate.rate - rate.ci95[0]], [rate.ci95[1] - rate.rate]]
             ax1.barh(y + offset, rate.rate, height=0.34, color=colour, xerr=err, capsize=3,
