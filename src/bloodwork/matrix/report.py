@@ -175,7 +175,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
     ax1.set_xlim(0, 1)
     ax1.set_yticks(list(ys), labels, fontsize=8)
     ax1.set_xlabel("share of answers (95 % CI)")
-    ax1.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    if ax1.get_legend_handles_labels()[0]:  # rows with no frozen-state scores draw no bars
+        ax1.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     ax1.invert_yaxis()
     for y, r in zip(ys, m.rows, strict=True):
         lat = r.scores.latency_ms if r.scores else None
@@ -186,7 +187,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
         ax2.barh(y, lat.p50, height=0.5, color="#34495e", label="p50" if y == 0 else None)
     ax2.set_yticks(list(ys), [""] * len(m.rows))
     ax2.set_xlabel("latency per call, ms")
-    ax2.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    if ax2.get_legend_handles_labels()[0]:  # rows with no frozen-state scores draw no bars
+        ax2.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     ax2.invert_yaxis()
     fig.suptitle(f"model matrix: {m.eval_set.rows} frozen states (eval set {m.eval_set.sha256[:12]})", fontsize=10)
     fig.tight_layout()
