@@ -12,7 +12,7 @@ import pytest
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.oracles.base import CallInfo
 from bloodwork.oracles.registry import make_oracle
-from bloodwork.tasks.registry import BUILTIN
+from bloodwork.tasks.registry import BUILTIN, load_task
 from tests.conftest import frame
 from tests.experts.conftest import expert_run, student_run, take_over
 
@@ -98,9 +98,13 @@ def test_answers_at_any_state_without_running_anything(tmp_path: Path) -> None:
     assert decision.op == {"name": "SYS_WRITE", "path": "ledger/transaction.py",
                            "content": (SOLUTION / "transaction.py").read_text()}
     assert "2/6" in decision.q_next and sorted(p.name for p in ws.rglob("*")) == before
-    answer = oracle.complete([], call=CallInfo("r", 30, 0, workspace=ws))
+    own_goal = [{"role": "user", "content": f"GOAL:\n{load_task(TASK).goal}"}]
+    answer = oracle.complete(own_goal, call=CallInfo("r", 30, 0, workspace=ws))
     assert json.loads(answer.text)["op"] == decision.op and answer.error is None
-    assert oracle.complete([], call=CallInfo("r", 30, 0)).error_class == "bad_request"
+    assert oracle.complete([], call=CallInfo("r", 30, 0)).error_class == "bad_request"  # no workspace named
+    other = oracle.complete([{"role": "user", "content": "GOAL:\nKeep kvd up."}],
+                            call=CallInfo("r", 30, 0, workspace=ws))
+    assert other.error_class == "bad_request" and "another goal" in (other.error or "")
 
 
 def test_keeps_working_under_chaos_default(tmp_path: Path) -> None:

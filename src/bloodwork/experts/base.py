@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bloodwork.experts.edits import Op
-from bloodwork.experts.observe import LastMessage, last_message
+from bloodwork.experts.observe import LastMessage, last_message, pinned_goal
 from bloodwork.manifold.workspace import Workspace
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message
 
@@ -51,12 +51,17 @@ class Policy(Protocol):
     """A task family's reference policy (long-haul, repo-fix, ops)."""
 
     task_id: str
+    goal: str
 
     def decide(self, state: State) -> Decision: ...
 
     def describe(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
+
+
+class TaskMismatch(ValueError):
+    """The state belongs to another task than the policy's."""
 
 
 def halt(thought: str, reason: str) -> Decision:
@@ -75,7 +80,11 @@ class ExpertOracle:
         self.tokenizer = CharEstimate()
 
     def propose(self, workspace: Path, tick: int, messages: list[Message]) -> Decision:
-        """The next action at this state; raises if the workspace cannot be read at all."""
+        """The next action at this state. Raises TaskMismatch when the messages pin another task's goal
+        (an expert asked inside a sweep over other tasks), FileNotFoundError without a workspace."""
+        goal = pinned_goal(messages)
+        if goal is not None and goal != self.policy.goal:
+            raise TaskMismatch(f"{self.spec} is the reference policy of {self.task_id}; this run pins another goal")
         if not workspace.is_dir():
             raise FileNotFoundError(f"no workspace at {workspace}")
         return self.policy.decide(State(ws=Workspace(workspace), tick=tick, last=last_message(messages)))
@@ -88,6 +97,8 @@ class ExpertOracle:
                               "(CallInfo.workspace): a frozen state cannot be answered", error_class="bad_request")
         try:
             decision = self.propose(Path(call.workspace), call.tick, messages)
+        except TaskMismatch as err:
+            return Completion(error=str(err), error_class="bad_request")
         except Exception as err:  # an oracle reports failures as data, never raises into the kernel
             return Completion(error=f"{self.spec} failed: {err!r}", error_class="internal",
                               latency_ms=(time.perf_counter() - start) * 1000)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import os
 import shlex
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,22 @@ def file_op(ws: Workspace, path: str, target: str | None) -> Op | None:
         if edit is not None:
             return edit
     return write_op(path, target)
+
+
+def prepared_texts(prepare: Callable[[Path, int], None]) -> dict[str, str]:
+    """The text files of a fresh workspace, exactly as the task prepares one (seed 0), read in a scratch
+    folder; files that are not UTF-8 text are left out (no ISA op could restore them)."""
+    out: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="bloodwork-expert-") as tmp:
+        root = Path(tmp) / "workspace"
+        root.mkdir()
+        prepare(root, 0)
+        for rel in tree_files(root):
+            try:
+                out[rel] = (root / rel).read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+    return out
 
 
 def tree_files(root: Path, skip_dirs: frozenset[str] = frozenset({".git", "__pycache__", ".pytest_cache"})

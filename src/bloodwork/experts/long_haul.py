@@ -1,7 +1,7 @@
 """The reference policy of a long-haul task folder: finish the modules, run the tests, halt.
 
-The reference is the folder itself: `files/` (the starting workspace) overlaid with `solution/` (the
-finished modules, never copied into a workspace). At each call the policy compares the workspace with
+The reference is the workspace as the task prepares it (its `files/`) overlaid with the folder's
+`solution/` (the finished modules, never copied into a workspace). At each call the policy compares the workspace with
 that reference and answers, in this order:
 
 1. the first module of the solution (in `metadata.files_to_implement` order) that is missing, still a
@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from bloodwork.experts.base import Decision, State, halt
-from bloodwork.experts.edits import exec_op, file_op, read_file, remove_op, tree_files, write_op
+from bloodwork.experts.edits import exec_op, file_op, prepared_texts, read_file, remove_op, tree_files, write_op
 from bloodwork.experts.observe import exec_view
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.tasks.folder import FolderTask
@@ -45,8 +45,8 @@ class LongHaulPolicy:
             raise OracleConfigError(f"expert:{task.id}: the task folder has no reference solution "
                                     f"({SOLUTION_DIR}/ next to files/)")
         self.task_id = task.id
-        start = task.folder / "files"
-        self.start = {rel: (start / rel).read_text() for rel in tree_files(start)} if start.is_dir() else {}
+        self.goal = task.goal
+        self.start = prepared_texts(task.prepare)
         solved = {rel: (solution / rel).read_text() for rel in tree_files(solution)}
         order = [str(p) for p in task.metadata.get("files_to_implement", [])]
         self.modules = [rel for rel in order if rel in solved] + sorted(set(solved) - set(order))

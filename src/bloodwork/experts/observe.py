@@ -2,8 +2,9 @@
 
 The kernel's last user message is `REGISTER q:\\n<q>\\n\\nSLICE at d=<d>:\\n<slice>\\n\\nAnswer with one JSON
 frame.` (built in `context/builder.py`). `last_message` is the ONE place that knows that layout, so when the
-model-facing strings move to one module it is the one function to point there. `exec_view` reads the head
-the kernel writes above a command's output (`kernel/effects.py`): `$ CMD` then `[exit N, ...]`.
+model-facing strings move to one module it is the one function to point there (with `pinned_goal`, which
+reads the goal message). `exec_view` reads the head the kernel writes above a command's output
+(`kernel/effects.py`): `$ CMD` then `[exit N, ...]`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def last_message(messages: list[Message]) -> LastMessage:
         if m:
             return LastMessage(q=m["q"], d=m["d"], slice=m["slice"])
     return LastMessage(q="", d="", slice=messages[-1].get("content", "") if messages else "", found=False)
+
+
+def pinned_goal(messages: list[Message]) -> str | None:
+    """The goal the kernel pinned (`GOAL:\n<goal>`), or None once it has left the context."""
+    for message in messages:
+        content = message.get("content", "")
+        if message.get("role") == "user" and content.startswith("GOAL:\n"):
+            return content[len("GOAL:\n"):]
+    return None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ def remedy_cmd(scenario: Scenario, port: int) -> str:
 class OpsPolicy:
     def __init__(self, task: OpsTask) -> None:
         self.task_id = task.id
+        self.goal = task.goal
         self.scenario = task.scenario
         others = [load_scenario(name) for name in scenario_names() if name != task.scenario.id]
         self.remedies = [(s.id, remedy_cmd(s, task.port)) for s in [task.scenario, *others]]

@@ -7,8 +7,8 @@ and answers, in this order:
 
 1. a hidden test file the workspace lacks or holds otherwise: written (or edited into place). These are
    the reproduction: the verifier runs them on the base code, where they fail;
-2. a file of the base tree the run changed or deleted outside the fix (a misguided edit, a removed
-   test): restored;
+2. a file of the prepared workspace (the base code) the run changed or deleted outside the fix (a
+   misguided edit, a removed test): restored; files the run added are left alone;
 3. while the library is untouched and the last slice is not the reproduction's run: run the
    FAIL_TO_PASS tests, to see them fail;
 4. the gold patch, one changed region (`SYS_EDIT`) or file (`SYS_WRITE`) per tick;
@@ -22,7 +22,7 @@ import shlex
 from typing import Any
 
 from bloodwork.experts.base import Decision, State, halt
-from bloodwork.experts.edits import exec_op, file_op, read_file, tree_files, write_op
+from bloodwork.experts.edits import exec_op, file_op, prepared_texts, read_file, write_op
 from bloodwork.experts.observe import exec_view
 from bloodwork.isa import MAX_CMD
 from bloodwork.oracles.base import OracleConfigError
@@ -72,6 +72,7 @@ class RepoFixPolicy:
     def __init__(self, task: RepoFixTask) -> None:
         self.task = task
         self.task_id = task.id
+        self.goal = task.goal
         inst = task.inst
         try:
             mat = task.materialized()
@@ -80,15 +81,10 @@ class RepoFixPolicy:
         self.tests = _texts(mat.hidden, "hidden test", task.id)
         self.gold = _texts(mat.gold, "gold", task.id)
         fixed = set(self.tests) | set(self.gold)
-        self.base: dict[str, str | None] = {}
-        self.restorable: list[str] = []
-        for rel in tree_files(mat.base):
-            try:
-                self.base[rel] = (mat.base / rel).read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                continue  # no ISA op can restore a binary file; the policy leaves it alone
-            if rel not in fixed:
-                self.restorable.append(rel)
+        # The base is the workspace as the task prepares it (the released code, and whatever else preparing
+        # puts there), so restoring a file never fights the task.
+        self.base: dict[str, str | None] = dict(prepared_texts(task.prepare))
+        self.restorable = [rel for rel in self.base if rel not in fixed]
         for rel in fixed:
             self.base.setdefault(rel, None)
         prefix = f"{inst.env_prefix()}{inst.test_cmd} -q --tb=line "
@@ -118,8 +114,9 @@ class RepoFixPolicy:
                                 "reproduce: running the failing tests", exec_op(self.repro_cmd))
             rel = pending[0]
             op = file_op(ws, rel, self.gold[rel])
-            assert op is not None
-            return Decision(f"The tests fail as reported; fix {rel}.", f"fixing {rel} ({len(pending)} files left)", op)
+            assert op is not None  # pending: the file differs from its gold text
+            why = "The regression tests fail as reported" if reproduced else f"{rel} does not hold the fix yet"
+            return Decision(f"{why}; fix {rel}.", f"fixing {rel} ({len(pending)} files left)", op)
         if seen is not None and seen.cmd == self.test_cmd and seen.ok:
             if not check_pr(read_file(ws, PR_FILE))["ok"]:
                 return Decision("Fixed and tested; write the PR description.", "tested; writing PR.md",
