@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import now_iso
 from bloodwork.data.train import TRAIN_FILE, TrainRecord
+from bloodwork.experts import ExpertOracle
 from bloodwork.matrix.evalset import EvalState, load_evalset
 from bloodwork.matrix.hashes import chat_template_sha256, decoding, hardware, prompt_template_sha256
 from bloodwork.matrix.loop import LoopSpec, closed_loop, slug
@@ -34,7 +35,7 @@ from bloodwork.matrix.report import (
     render_markdown,
 )
 from bloodwork.matrix.score import Answer, ask, score
-from bloodwork.oracles.base import Oracle, OracleConfigError
+from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.registry import load_task
 
@@ -114,7 +115,7 @@ def _row(spec: str, states: list[EvalState], out: Path, options: MatrixOptions, 
         row = ModelRow(spec=spec, label=options.labels.get(spec) or default_label(spec, described, oracle.provenance),
                        provenance=oracle.provenance, status="ok", chat_template_sha256=chat_template_sha256(oracle),
                        hardware=hardware(described), decoding=decoding(described), states_scored=len(states), **common)
-        if oracle.provenance == "expert":
+        if isinstance(oracle, ExpertOracle):
             return _reference_row(oracle, row, options, out, on_tick)
         # The host is shared: latency means little without the load it was measured under.
         row.hardware["load_avg_1m"] = {"start": round(os.getloadavg()[0], 2)}
@@ -140,7 +141,7 @@ def _row(spec: str, states: list[EvalState], out: Path, options: MatrixOptions, 
         oracle.close()
 
 
-def _reference_row(oracle: Oracle, row: ModelRow, options: MatrixOptions, out: Path,
+def _reference_row(oracle: ExpertOracle, row: ModelRow, options: MatrixOptions, out: Path,
                    on_tick: Callable[[], None]) -> ModelRow:
     """The "perfect" row: a task's reference policy (`expert:TASK`), scored in closed-loop runs only.
 
@@ -152,10 +153,9 @@ def _reference_row(oracle: Oracle, row: ModelRow, options: MatrixOptions, out: P
     if loop is None or loop.runs <= 0:
         return row.model_copy(update={"status": "unavailable", "reason": "a reference policy is scored in "
                                       "closed-loop runs only (it reads the live workspace); give --loop-runs > 0"})
-    own = getattr(oracle, "task_id", None)
-    if load_task(loop.task).id != own:
-        return row.model_copy(update={"status": "unavailable", "reason": f"the reference policy of {own} cannot "
-                                      f"run the loop task {loop.task}"})
+    if load_task(loop.task).id != oracle.task_id:
+        return row.model_copy(update={"status": "unavailable", "reason": f"the reference policy of {oracle.task_id} "
+                                      f"cannot run the loop task {loop.task}"})
     row.reason = "reference policy, not a model: closed-loop runs only (frozen states carry no workspace)"
     row.loop = closed_loop(oracle, loop, out / "loop" / f"{slug(row.spec)}-{time.strftime('%Y%m%d-%H%M%S')}",
                            on_run=on_tick)
