@@ -5,8 +5,9 @@ pristine base tree, the hidden test files (the upstream regression tests, or our
 and the gold files (the fix). At each call the policy compares the workspace with base + tests + gold
 and answers, in this order:
 
-1. a hidden test file the workspace lacks or holds otherwise: written (or edited into place). These are
-   the reproduction: the verifier runs them on the base code, where they fail;
+1. a hidden test file the workspace lacks or holds otherwise: written (or edited into place), without
+   the tests it adds for other changes of the same release (`related_tests`). These are the reproduction:
+   the verifier runs them on the base code, where they fail, and on the fix, where they pass;
 2. a file of the prepared workspace (the base code) the run changed or deleted outside the fix (a
    misguided edit, a removed test): restored; files the run added are left alone;
 3. while the library is untouched and the last slice is not the reproduction's run: run the
@@ -18,12 +19,15 @@ and answers, in this order:
 
 from __future__ import annotations
 
+import ast
+import re
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
 from bloodwork.experts.base import Decision, State, halt
 from bloodwork.experts.edits import exec_op, file_op, prepared_texts, read_file, write_op
-from bloodwork.experts.observe import exec_view
+from bloodwork.experts.observe import ExecView, exec_view
 from bloodwork.isa import MAX_CMD
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.tasks.base import TaskError
@@ -43,14 +47,88 @@ def _texts(files: dict[str, bytes | None], what: str, task_id: str) -> dict[str,
     return out
 
 
-def test_command(prefix: str, tests: list[str]) -> str:
-    """pytest on these test ids (by function; by file when that list would not fit in one command)."""
-    selected = pytest_selectors(tests)
-    cmd = prefix + " ".join(shlex.quote(s) for s in selected)
-    if len(cmd) <= MAX_CMD // 2:
-        return cmd
+_FAILED_LINE = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
+CMD_ROOM = MAX_CMD - 100
+
+
+@dataclass(frozen=True)
+class PytestRun:
+    """A pytest command over some test ids and how to tell from its slice that those ids passed.
+
+    By function (`file::test`, parameters dropped) the command runs exactly the wanted tests and its exit
+    code decides. When that list does not fit in one command, coarser selectors (classes, then files) run
+    other tests too, some of which may fail for reasons outside the bug; then `-rfE` lists the failures
+    and the run counts as passing when none of them is a wanted test.
+    """
+
+    cmd: str
+    exact: bool
+    wanted: frozenset[str]
+
+    def passed(self, seen: ExecView) -> bool:
+        if seen.cmd != self.cmd or seen.timed_out:
+            return False
+        if self.exact:
+            return seen.exit_code == 0
+        failing = {m.split("[", 1)[0] for m in _FAILED_LINE.findall(seen.output)}
+        return " passed" in seen.output and not failing & self.wanted
+
+
+def pytest_run(prefix: str, tests: list[str], test_dir: str) -> PytestRun:
+    functions = pytest_selectors(tests)
+    classes = list(dict.fromkeys(s.rsplit("::", 1)[0] if s.count("::") > 1 else s for s in functions))
     files = list(dict.fromkeys(t.split("::", 1)[0] for t in tests))
-    return prefix + " ".join(shlex.quote(f) for f in files)
+    wanted = frozenset(functions)
+    exact = prefix + " ".join(shlex.quote(s) for s in functions)
+    if len(exact) <= CMD_ROOM:
+        return PytestRun(cmd=exact, exact=True, wanted=wanted)
+    for selectors in (classes, files):
+        cmd = prefix + "-rfE " + " ".join(shlex.quote(s) for s in selectors)
+        if len(cmd) <= CMD_ROOM:
+            return PytestRun(cmd=cmd, exact=False, wanted=wanted)
+    return PytestRun(cmd=prefix + "-rfE " + shlex.quote(test_dir), exact=False, wanted=wanted)
+
+
+_Def = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _test_defs(tree: ast.Module) -> dict[tuple[str, ...], _Def]:
+    """Top-level test functions and test methods of top-level classes, by (name,) or (class, name)."""
+    found: dict[tuple[str, ...], _Def] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"):
+            found[(node.name,)] = node
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name.startswith("test"):
+                    found[(node.name, item.name)] = item
+    return found
+
+
+def related_tests(path: str, text: str, base_text: str | None, tests: list[str]) -> str:
+    """The hidden test file without the tests it adds that are not this instance's.
+
+    An upstream release's test file also carries tests of other changes in that release; on the base code
+    with only this fix they fail, and a reproduction that fails on the fix too confirms nothing. Tests the
+    base already has, and the instance's FAIL_TO_PASS and PASS_TO_PASS tests, are kept as they are.
+    """
+    if not path.endswith(".py"):
+        return text
+    try:
+        tree = ast.parse(text)
+        base = _test_defs(ast.parse(base_text)) if base_text else {}
+    except SyntaxError:
+        return text
+    wanted = {tuple(sel.split("::")[1:]) for sel in pytest_selectors(tests) if sel.startswith(path + "::")}
+    drop = [node for name, node in _test_defs(tree).items() if name not in wanted and name not in base]
+    if not drop:
+        return text
+    lines = text.splitlines(keepends=True)
+    cut: set[int] = set()
+    for node in drop:
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        cut.update(range(first - 1, node.end_lineno or node.lineno))
+    return "".join(line for i, line in enumerate(lines) if i not in cut)
 
 
 def pr_text(task: RepoFixTask, gold: list[str], tests: list[str]) -> str:
@@ -78,18 +156,20 @@ class RepoFixPolicy:
             mat = task.materialized()
         except TaskError as err:
             raise OracleConfigError(f"expert:{task.id}: cannot build the reference: {err}") from err
-        self.tests = _texts(mat.hidden, "hidden test", task.id)
+        hidden = _texts(mat.hidden, "hidden test", task.id)
         self.gold = _texts(mat.gold, "gold", task.id)
-        fixed = set(self.tests) | set(self.gold)
+        fixed = set(hidden) | set(self.gold)
         # The base is the workspace as the task prepares it (the released code, and whatever else preparing
         # puts there), so restoring a file never fights the task.
         self.base: dict[str, str | None] = dict(prepared_texts(task.prepare))
+        self.tests = {rel: text if text is None else related_tests(rel, text, self.base.get(rel), inst.hidden_tests)
+                      for rel, text in hidden.items()}
         self.restorable = [rel for rel in self.base if rel not in fixed]
         for rel in fixed:
             self.base.setdefault(rel, None)
         prefix = f"{inst.env_prefix()}{inst.test_cmd} -q --tb=line "
-        self.repro_cmd = test_command(prefix, inst.FAIL_TO_PASS)
-        self.test_cmd = test_command(prefix, inst.hidden_tests)
+        self.repro_cmd = pytest_run(prefix, inst.FAIL_TO_PASS, inst.test_dir).cmd
+        self.tests_run = pytest_run(prefix, inst.hidden_tests, inst.test_dir)
         self.pr = pr_text(task, list(self.gold), [p for p, text in self.tests.items() if text is not None])
 
     def decide(self, state: State) -> Decision:
@@ -117,7 +197,7 @@ class RepoFixPolicy:
             assert op is not None  # pending: the file differs from its gold text
             why = "The regression tests fail as reported" if reproduced else f"{rel} does not hold the fix yet"
             return Decision(f"{why}; fix {rel}.", f"fixing {rel} ({len(pending)} files left)", op)
-        if seen is not None and seen.cmd == self.test_cmd and seen.ok:
+        if seen is not None and self.tests_run.passed(seen):
             if not check_pr(read_file(ws, PR_FILE))["ok"]:
                 return Decision("Fixed and tested; write the PR description.", "tested; writing PR.md",
                                 write_op(PR_FILE, self.pr))
@@ -125,7 +205,7 @@ class RepoFixPolicy:
         if state.last.slice.startswith(f"write: {PR_FILE} ") and check_pr(read_file(ws, PR_FILE))["ok"]:
             return halt("Reproduced, fixed, tested, PR drafted.", "bug fixed and tested; PR.md written")
         return Decision("The fix is in; run the regression and the existing tests.", "fixed; testing",
-                        exec_op(self.test_cmd))
+                        exec_op(self.tests_run.cmd))
 
     def describe(self) -> dict[str, Any]:
         return {"policy": "repo-fix", "reference": "the instance's gold patch and hidden tests",
