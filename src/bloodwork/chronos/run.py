@@ -23,9 +23,18 @@ SCHEMA_VERSION = 1
 
 
 class Provenance(StrEnum):
+    """Who produced a run's answers. Only `real` is a model's own behaviour: `scripted` (fixtures),
+    `replay` (recorded answers played back) and `expert` (a task's reference policy, `expert:TASK`)
+    are never counted as one."""
+
     REAL = "real"
     SCRIPTED = "scripted"
     REPLAY = "replay"
+    EXPERT = "expert"
+
+
+# What `--include-scripted` lets into datasets and eval sets next to `real`: everything that is not a model.
+NOT_MODEL_BEHAVIOUR = frozenset({Provenance.SCRIPTED.value, Provenance.REPLAY.value, Provenance.EXPERT.value})
 
 
 class RunStatus(StrEnum):

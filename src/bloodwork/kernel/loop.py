@@ -259,6 +259,7 @@ class Kernel:
                                            masked=entries[t]["masked"]) for t in range(first, last + 1)]
         manifest.resumes += 1
         manifest.status = RunStatus.RUNNING
+        manifest.verifier = None  # a verdict on the world as the run last ended; the run goes on from here
         kernel._save_manifest()
         kernel.task.start(kernel.runner, seed=manifest.seed, resumed=True)
         kernel.journal.stage(registers.tick, "resume", {"at_tick": registers.tick, "discarded_uncommitted": recovered,
@@ -359,7 +360,7 @@ class Kernel:
             else None
         call_index = R.oracle_calls
         t_ask = time.perf_counter()
-        call = CallInfo(self.manifest.run_id, tick, call_index)
+        call = CallInfo(self.manifest.run_id, tick, call_index, workspace=self.paths.workspace)
         completion = self.oracle.complete(ctx.messages, self.schema, call=call)
         ask_s = time.perf_counter() - t_ask
         verdict = parse(completion.text) if completion.error is None else None
@@ -468,6 +469,7 @@ class Kernel:
         if halted is not None:
             J.stage(tick, "halt", halted)
             R.status = RunStatus.COMPLETED
+            self.manifest.verifier = halted["verifier"]  # the verdict that accepted the halt is the run's
 
         trace_rec = {"tick": tick, "q": R.q, "d": R.d, "slice_digest": digest(slice_text), "next_digest": slice_digest,
                      "frame": frame.model_dump(mode="json") if frame else None, "call_index": call_index,
@@ -499,7 +501,8 @@ class Kernel:
         """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
         question = {"role": "user", "content": PROBE_QUESTION}
         c = self.oracle.complete([*messages, question], None,
-                                 call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe"))
+                                 call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe",
+                                               workspace=self.paths.workspace))
         record = self._dirty_record(tick, tick, c, None) | {"purpose": "probe"}
         self.dirty.append(record)
         return {"answer": c.text, "error": c.error, "latency_ms": round(c.latency_ms, 3),
