@@ -140,6 +140,7 @@ class AttemptRecord(BaseModel):
     node_ip: str | None = None
     pid: int | None = None
     resumed_from: str | None = None
+    began: float | None = None  # the node's clock when the attempt began (`ts` is the driver's when it learnt)
     outcome: str | None = None  # ok | node died | worker died | ... | error | cancelled
     status: str | None = None
     ticks: int | None = None
@@ -343,8 +344,8 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
         resumed_from = "driver copy"
     elif _cell_state(run_dir) is not None:
         resumed_from = "shared out" if job.shared_out else "node scratch"
-    board.started.remote(key, {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(),
-                               "run_dir": str(run_dir), "resumed_from": resumed_from})
+    board.started.remote(key, {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(), "run_dir": str(run_dir),
+                               "resumed_from": resumed_from, "began": round(time.time(), 3)})
     sweep = _node_sweep(job, root)
     started = time.perf_counter()
     try:
@@ -362,6 +363,7 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
         with contextlib.suppress(OSError):  # leave no empty folders behind on the node
             run_dir.parent.rmdir()
             root.rmdir()
+            root.parent.rmdir()
     return answer
 
 
@@ -437,7 +439,8 @@ class RaySweep:
         self.retries = retries
         self.key = sweep_key(spec, out)
         self._ray: Any = None
-        self._started_local = False
+        self._snapshot: dict[str, dict[str, Any]] = {}
+        self._asked: Any = None
         self._board: Any = None
         self._task: Any = None
         self._hosts: dict[str, Any] = {}
@@ -456,7 +459,8 @@ class RaySweep:
         return self.base.pending()
 
     def connect(self) -> None:
-        """Join the cluster at `address` (or RAY_ADDRESS); without one, start a local instance (stopped by close)."""
+        """Join the cluster at `address` (or RAY_ADDRESS), or start a local Ray instance that `close` stops;
+        then start this sweep's actors."""
         if self._ray is not None:
             return
         local = self.address is None
@@ -474,15 +478,23 @@ class RaySweep:
                                        "log_to_driver": False}
             try:
                 if local:
-                    ray.init(address="local", num_cpus=self.spec.workers, include_dashboard=False, **options)
+                    # Ray runs its workers at nice 15 to keep its own processes responsive; here the workers'
+                    # runs are the work, and on a shared machine nice 15 made each run about 2x slower
+                    # (bench/sweep_engines.py). They run at the command's own priority, as the local engine's do.
+                    ray.init(address="local", num_cpus=self.spec.workers, include_dashboard=False,
+                             _system_config={"worker_niceness": 0}, **options)
                 else:
                     ray.init(address=self.address, **options)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 where = self.address or "a local instance"
                 raise SweepError(f"cannot start or reach Ray ({where}): {_one_line(err)}") from err
         self._ray = ray
-        self._started_local = local
         self._task = ray.remote(run_attempt)
+        # This sweep's actors start now, while the driver still reads the grid: the board on the driver's
+        # node (it must outlive any other node), and a model host per node if the grid has a local model.
+        driver_node = ray.get_runtime_context().get_node_id()
+        self._board = ray.remote(Board).options(num_cpus=0, scheduling_strategy=self._strategy(driver_node)).remote()
+        self._ensure_hosts()
 
     def _strategy(self, node_id: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -526,9 +538,6 @@ class RaySweep:
         self.prepare()
         self.connect()
         ray = self._ray
-        driver_node = ray.get_runtime_context().get_node_id()
-        self._board = ray.remote(Board).options(num_cpus=0, scheduling_strategy=self._strategy(driver_node)).remote()
-        self._ensure_hosts()
         history = self._history()
         self._results = []
         grid = cells(self.spec)
@@ -587,7 +596,13 @@ class RaySweep:
         setattr(counts, field, getattr(counts, field) + 1)
 
     def _poll(self, total: int, on_progress: Callable[[Progress], None] | None) -> None:
-        snapshot: dict[str, dict[str, Any]] = self._ray.get(self._board.snapshot.remote(), timeout=60)
+        """Read the board without waiting for it (it may still be starting): the last answer serves meanwhile."""
+        if self._asked is None:
+            self._asked = self._board.snapshot.remote()
+        if self._ray.wait([self._asked], timeout=0)[0]:
+            self._snapshot = self._ray.get(self._asked)
+            self._asked = self._board.snapshot.remote()
+        snapshot = self._snapshot
         for t in self._inflight.values():
             info = snapshot.get(t.key)
             if info and not t.started:
@@ -595,7 +610,7 @@ class RaySweep:
                 self._seen[t.key] = info
                 self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="start",
                                         node_id=info["node_id"], node_ip=info["node_ip"], pid=info["pid"],
-                                        resumed_from=info["resumed_from"]))
+                                        resumed_from=info["resumed_from"], began=info["began"]))
         self._ensure_hosts()
         if on_progress is None:
             return
