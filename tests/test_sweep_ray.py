@@ -261,9 +261,10 @@ def test_runs_on_two_nodes_equal_the_local_engines(cluster: Cluster, tmp_path: P
     assert attempts(ray_out) == log
 
 
-def test_ctrl_c_brings_runs_back_interrupted_and_a_rerun_resumes_them(cluster: Cluster, tmp_path: Path) -> None:
-    """Without an address the command starts its own Ray instance and stops it, also on Ctrl-C; the runs
-    it interrupted come back whole, and the next sweep (here on the cluster) resumes them."""
+def test_interrupted_runs_resume_from_the_furthest_copy(cluster: Cluster, tmp_path: Path) -> None:
+    """1. Without an address the command starts its own Ray instance and stops it, also on Ctrl-C; the runs
+    it interrupted come back whole. 2. On the cluster, a driver killed outright leaves its runs in the
+    nodes' scratch. 3. The next sweep resumes each run from its furthest copy: there, the node's."""
     import psutil
 
     task = quick_task(tmp_path)
@@ -271,48 +272,62 @@ def test_ctrl_c_brings_runs_back_interrupted_and_a_rerun_resumes_them(cluster: C
     out = tmp_path / "sweep"
     args = ["sweep", "--engine", "ray", "--tasks", str(task), "--models", f"scripted:{policy}", "--chaos", "off",
             "--seeds", "0-1", "--ticks", "30", "--out", str(out)]
-    env = {**os.environ, "COLUMNS": "250"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bloodwork.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    grid = cells(SweepSpec(tasks=[str(task)], models=[f"scripted:{policy}"], chaos=["off"], seeds=[0, 1], ticks=30))
+
+    proc = _start_when_runs_go(args, out, starts=1)
     ours = lambda: [p for p in psutil.process_iter(["name"]) if _sid(p.pid) == proc.pid]  # noqa: E731
-    try:
-        deadline = time.monotonic() + 240
-        while not any(r["event"] == "start" for r in _maybe_attempts(out)):
-            assert proc.poll() is None and time.monotonic() < deadline, "no run started"
-            time.sleep(0.5)
-        assert any("raylet" in (p.info["name"] or "") for p in ours()), "the command started no Ray instance"
-        time.sleep(2.0)  # a few ticks committed
-        proc.send_signal(signal.SIGINT)
-        text, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, text[-2000:]
-    assert "rerun the same command to resume" in text
+    assert any("raylet" in (p.info["name"] or "") for p in ours()), "the command started no Ray instance"
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun the same command to resume" in text, text[-2000:]
     deadline = time.monotonic() + 30
     while ours() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not ours(), f"the command left Ray processes behind: {[p.info['name'] for p in ours()]}"
-    interrupted = [c.cell_id for c in cells(SweepSpec(tasks=[str(task)], models=[f"scripted:{policy}"],
-                                                      chaos=["off"], seeds=[0, 1], ticks=30))
-                   if (out / "runs" / c.cell_id / "run.json").is_file()]
+    interrupted = {c.cell_id: RunManifest.load(RunPaths(out / "runs" / c.cell_id)).ticks for c in grid
+                   if (out / "runs" / c.cell_id / "run.json").is_file()}
     assert interrupted, "no interrupted run came back"
-    for cell_id in interrupted:
+    for cell_id, ticks in interrupted.items():
         paths = RunPaths(out / "runs" / cell_id)
-        manifest = RunManifest.load(paths)
-        assert manifest.status.value == "interrupted" and 0 < manifest.ticks < 30 and verify(paths.journal).ok
+        assert RunManifest.load(paths).status.value == "interrupted" and 0 < ticks < 30 and verify(paths.journal).ok
 
-    done = cli(*args, "--ray-address", cluster.address)
+    cluster_args = [*args, "--ray-address", cluster.address]
+    before = len([r for r in attempts(out) if r["event"] == "start"])
+    proc = _start_when_runs_go(cluster_args, out, starts=before + 2)
+    proc.kill()
+    proc.communicate(timeout=60)
+    orphans = {r["cell_id"] for r in attempts(out)[before:] if r["event"] == "start"}
+    assert orphans == {c.cell_id for c in grid}
+
+    done = cli(*cluster_args)
     assert done.returncode == 0, done.stderr[-3000:]
-    ends = {r["cell_id"]: r for r in attempts(out) if r["event"] == "end" and r.get("outcome") == "ok"
-            and r.get("status") == "max_ticks"}
-    for cell_id in interrupted:
-        paths = RunPaths(out / "runs" / cell_id)
+    last = {r["cell_id"]: r for r in attempts(out) if r["event"] == "end"}
+    for cell in grid:
+        paths = RunPaths(out / "runs" / cell.cell_id)
         manifest = RunManifest.load(paths)
-        assert manifest.status.value == "max_ticks" and manifest.ticks == 30 and manifest.resumes == 1
-        assert ends[cell_id]["resumed_from"] == "driver copy"
-        assert verify(paths.journal).ok
+        assert manifest.status.value == "max_ticks" and manifest.ticks == 30 and verify(paths.journal).ok
+        assert last[cell.cell_id]["resumed_from"] == "node scratch", last[cell.cell_id]
+        # resumed once by the killed driver's attempt (from the interrupted copy, if there was one), then here
+        assert manifest.resumes == (2 if cell.cell_id in interrupted else 1)
+
+
+def _start_when_runs_go(args: list[str], out: Path, *, starts: int) -> subprocess.Popen[str]:
+    """Start the CLI in a session of its own; return once `starts` attempts began and ran a few ticks."""
+    env = {**os.environ, "COLUMNS": "250"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bloodwork.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while len([r for r in _maybe_attempts(out) if r["event"] == "start"]) < starts:
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            assert time.monotonic() < deadline, "the runs did not start"
+            time.sleep(0.3)
+    except BaseException:
+        proc.kill()
+        raise
+    time.sleep(2.0)  # a few ticks committed
+    return proc
 
 
 def _sid(pid: int) -> int | None:
@@ -336,11 +351,16 @@ def test_local_models_are_served_by_one_host_per_node(cluster: Cluster, tmp_path
     sweep = RaySweep(spec, tmp_path / "sweep", address=cluster.address)
     try:
         results = sweep.run()
-        hosts = len(sweep._hosts)
+        held = sweep.held_models()
     finally:
         sweep.close()
-    assert hosts == 2
     assert sorted(r.status for r in results) == ["max_ticks", "max_ticks"]
+    assert len(held) == 2, "one host per node"
+    # A node's host built the model for the runs on that node; a node that ran nothing holds nothing.
+    ran_on = {r["cell_id"]: r["node_id"] for r in attempts(tmp_path / "sweep") if r["event"] == "end"}
+    for node, keys in held.items():
+        mine = [c for c in cells(spec) if ran_on[c.cell_id] == node]
+        assert bool(keys) == bool(mine) and all(k.startswith("local:smollm2") for k in keys), (node, keys)
     for cell in cells(spec):
         paths = RunPaths(tmp_path / "sweep" / "runs" / cell.cell_id)
         assert verify(paths.journal).ok

@@ -227,6 +227,10 @@ class ModelHost:
                  call: CallInfo | None) -> Completion:
         return self.sweep.oracle(model, seed).complete(messages, schema, call=call)
 
+    def held(self) -> list[str]:
+        """The oracles this host has built (`spec|seed`, as the local engine keys them)."""
+        return sorted(self.sweep._oracles)
+
 
 class HostedOracle:
     """An Oracle whose model lives in the node's ModelHost; the kernel sees the same spec, tokenizer and
@@ -327,6 +331,14 @@ class _Reporter:
         self.board.report.remote(self.key, info["tick"], manifest, chunk)
 
 
+def _committed_tick(run_dir: Path) -> int:
+    """How far a run directory got: its registers' tick (-1 when nothing was committed)."""
+    paths = RunPaths(run_dir)
+    if not paths.registers.is_file():
+        return -1
+    return int(json.loads(paths.registers.read_text())["tick"])
+
+
 def run_attempt(job: Job, board: Any) -> dict[str, Any]:
     """The Ray task: run (or resume) one cell on this node and hand its directory back."""
     import ray
@@ -337,13 +349,20 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
     root = Path(job.out) if job.shared_out else scratch_dir(job.key, node_id)
     run_dir = root / "runs" / job.cell.cell_id
     resumed_from = None
-    if job.partial is not None:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        unpack(job.partial, run_dir.parent, job.cell.cell_id)
-        resumed_from = "driver copy"
-    elif _cell_state(run_dir) is not None:
+    if _cell_state(run_dir) is not None:
         resumed_from = "shared out" if job.shared_out else "node scratch"
+    if job.partial is not None:
+        # The driver's copy, unless this node holds the same run further on (it began from that copy).
+        staging = scratch_dir(job.key, node_id) / "incoming" / f"{job.cell.cell_id}.a{job.attempt}"
+        incoming = unpack(job.partial, staging, job.cell.cell_id)
+        if _committed_tick(incoming) > _committed_tick(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(incoming, run_dir)
+            resumed_from = "driver copy"
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()
     board.started.remote(key, {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(), "run_dir": str(run_dir),
                                "resumed_from": resumed_from, "began": round(time.time(), 3)})
     sweep = _node_sweep(job, root)
@@ -568,10 +587,10 @@ class RaySweep:
         attempt = max((r.attempt for r in past), default=0) + 1
         partial = None
         pin = None
-        run_dir = self.runs / cell.cell_id
-        if _cell_state(run_dir) is not None and not self.shared_out:
-            partial = pack(run_dir)
-        elif not self.shared_out and past:
+        if not self.shared_out:
+            run_dir = self.runs / cell.cell_id
+            if _cell_state(run_dir) is not None:
+                partial = pack(run_dir)  # an interrupted copy Ctrl-C brought back
             ended = {r.attempt for r in past if r.event == "end"}
             open_starts = [r for r in past if r.event == "start" and r.attempt not in ended and r.node_id]
             alive = {n["NodeID"] for n in self._alive_nodes()}
@@ -726,16 +745,16 @@ class RaySweep:
         kept = None
         partial = None
         copy = self.runs / t.cell.cell_id
+        if not self.shared_out and _cell_state(copy) is not None:
+            partial = pack(copy)  # the interrupted copy this attempt had been given
         if self.shared_out:
             pass  # the directory is under OUT/runs for every node: the retry resumes it
         elif outcome == "not verified":
             kept = f"{INTERRUPTED_DIR}/{t.cell.cell_id}.a{t.attempt}"
         elif node_id and node_id in alive:
-            pin = node_id  # its scratch is still there: resume on that node
+            pin = node_id  # its scratch is still there: resume on that node (from the copy if further on)
         else:
             kept = self._keep_mirror(t, mirror, outcome)
-            if _cell_state(copy) is not None:
-                partial = pack(copy)  # the interrupted copy this attempt had been given: resume from it again
         self._count(node_id, node_ip, "failed")
         self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="end", node_id=node_id,
                                 node_ip=node_ip, pid=mirror.get("pid"), outcome=outcome, error=_one_line(err),
@@ -768,6 +787,10 @@ class RaySweep:
              "node_ip": mirror.get("node_ip"), "left_on_node": mirror.get("run_dir"),
              "mirrored_journal_bytes": len(journal)}, indent=2))
         return str(folder.relative_to(self.out))
+
+    def held_models(self) -> dict[str, list[str]]:
+        """Per node id, the oracles its model host has built so far (empty when the grid has no local model)."""
+        return {node: self._ray.get(host.held.remote(), timeout=60) for node, host in self._hosts.items()}
 
     def stop(self) -> None:
         """Ask every running attempt to stop after its current tick; they come back `interrupted`."""
