@@ -31,6 +31,7 @@ import bloodwork.sweep
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.evidence.extract import find_runs
 from bloodwork.sweep import Sweep, SweepError, SweepSpec, cells
 from tests.conftest import make_task
 
@@ -154,12 +155,14 @@ def cluster() -> Iterator[Cluster]:
     pytest.importorskip("ray")
     # Short: Ray's socket paths live under it and must stay under 108 bytes.
     root = Path(tempfile.mkdtemp(prefix="bwray-", dir="/tmp"))
-    c = Cluster(root)
+    c: Cluster | None = None
     try:
+        c = Cluster(root)
         c.start()
         yield c
     finally:
-        c.stop()
+        if c is not None:
+            c.stop()
         shutil.rmtree(root, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
@@ -372,6 +375,46 @@ def test_local_models_are_served_by_one_host_per_node(cluster: Cluster, tmp_path
                                        for c in calls)
 
 
+def test_with_a_shared_output_runs_write_there_and_resume_in_place(cluster: Cluster, tmp_path: Path) -> None:
+    import ray
+
+    from bloodwork.sweep_ray import RaySweep
+
+    task = quick_task(tmp_path)
+    policy = write_policy(tmp_path, delay=0.2, halt_at=999)
+    spec = SweepSpec(tasks=[str(task)], models=[f"scripted:{policy}"], chaos=["off"], seeds=[0, 1], ticks=12)
+    local = Sweep(spec, tmp_path / "local")
+    try:
+        local.run()
+    finally:
+        local.close()
+    out = tmp_path / "shared"
+    sweep = RaySweep(spec, out, address=cluster.address, shared_out=True)
+    killed: list[str] = []
+
+    def on_progress(p: Any) -> None:
+        for r in p.running:
+            if not killed and (r.tick or 0) >= 3 and r.pid and r.node_id == ray.get_runtime_context().get_node_id():
+                killed.append(r.cell_id)
+                os.kill(r.pid, signal.SIGKILL)
+
+    try:
+        results = {r.cell_id: r for r in sweep.run(on_progress=on_progress)}
+    finally:
+        sweep.close()
+    assert killed, "no worker was killed"
+    ends = [r for r in attempts(out) if r["event"] == "end" and r["outcome"] == "ok"]
+    assert len(ends) == 2 and all("ship_bytes" not in r for r in ends), "nothing is shipped with a shared output"
+    for cell in cells(spec):
+        if cell.cell_id == killed[0]:
+            assert results[cell.cell_id].resumed_from == "shared out" and results[cell.cell_id].attempts == 2
+            paths = RunPaths(out / "runs" / cell.cell_id)
+            assert RunManifest.load(paths).resumes == 1 and RunManifest.load(paths).ticks == 12
+            assert verify(paths.journal).ok
+        else:
+            assert evidence(out / "runs" / cell.cell_id) == evidence(tmp_path / "local" / "runs" / cell.cell_id)
+
+
 def test_a_killed_node_and_a_killed_worker_leave_every_run_verified(cluster: Cluster, tmp_path: Path) -> None:
     import ray
 
@@ -410,6 +453,8 @@ def test_a_killed_node_and_a_killed_worker_leave_every_run_verified(cluster: Clu
         report = verify(paths.journal)
         assert report.ok and not report.torn_tail
         assert RunManifest.load(paths).status.value == "max_ticks" and results[cell.cell_id].ticks == 12
+    # `bloodwork extract OUT` counts each cell once: the interrupted partial attempts are left out.
+    assert find_runs([out]) == sorted(out / "runs" / c.cell_id for c in cells(spec))
     log = attempts(out)
     for cell_id, res in results.items():
         failures = [r for r in log if r["cell_id"] == cell_id and r["event"] == "end" and r.get("outcome") != "ok"]

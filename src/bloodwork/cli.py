@@ -271,7 +271,8 @@ def sweep(
     seeds: Annotated[str, typer.Option(help="Seeds: 0-3,7.")] = "0",
     ticks: Annotated[int, typer.Option(help="Maximum ticks per run.")] = 60,
     panic_budget: Annotated[int, typer.Option(help="Panics before a run dies.")] = 3,
-    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec).")] = 2,
+    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec); with "
+                                              "--engine ray, the CPUs of the Ray instance the sweep starts.")] = 2,
     out: Annotated[Path, typer.Option(help="Sweep directory (run it again to resume).")] = Path("runs/sweep"),
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
@@ -288,6 +289,9 @@ def sweep(
 
     Example: bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --chaos default,heavy --seeds 0-3
     --ticks 60 --workers 2 --out runs/sweep1
+
+    Example (a Ray cluster): bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --seeds 0-63
+    --engine ray --ray-address 10.0.0.5:6379 --out runs/sweep2
     """
     from bloodwork.sweep import Sweep, SweepError, SweepSpec
 

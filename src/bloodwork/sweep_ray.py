@@ -241,7 +241,10 @@ class HostedOracle:
 
         self._ray = ray
         self._host, self._model, self._seed = host, model, seed
-        self.spec, self.provenance, self._describe, self.tokenizer = ray.get(host.identity.remote(model, seed))
+        try:
+            self.spec, self.provenance, self._describe, self.tokenizer = ray.get(host.identity.remote(model, seed))
+        except ray.exceptions.RayActorError as err:
+            raise RunLost(f"the model host of this node died: {_one_line(err)}") from err
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
                  call: CallInfo | None = None) -> Completion:
