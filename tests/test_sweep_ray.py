@@ -501,6 +501,11 @@ def test_ray_options_are_refused_where_they_do_not_apply(tmp_path: Path) -> None
         done = cli(*base, *extra, timeout=120)
         assert done.returncode == 2, done.stderr
         assert says in done.stderr and "Traceback" not in done.stderr
+    # Without ray installed (an import that fails), the same one line says what to install.
+    code = "import sys; sys.modules['ray'] = None; from bloodwork.cli import main; sys.argv[0] = 'bloodwork'; main()"
+    done = subprocess.run([sys.executable, "-c", code, *base, "--engine", "ray"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "pip install 'bloodwork[ray]'" in done.stderr, done.stderr
 
 
 def test_a_shipped_run_cannot_write_outside_its_folder(tmp_path: Path) -> None:
