@@ -488,8 +488,8 @@ class RaySweep:
         local = self.address is None
         if not local:
             _probe(self.address)
-        # A local instance listens on loopback only (Ray's own switch, read when ray is imported) and
-        # reports no usage statistics.
+        # A local instance listens on loopback only (Ray's own switch, read when ray is imported: so only
+        # where this process has not imported ray before, as in the CLI) and reports no usage statistics.
         extra = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"} if local else {}
         with _env(**extra):
             try:
