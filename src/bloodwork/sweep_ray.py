@@ -386,6 +386,7 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
             run_dir.parent.rmdir()
             root.rmdir()
             root.parent.rmdir()
+            root.parent.parent.rmdir()
     return answer
 
 
