@@ -140,6 +140,7 @@ class AttemptRecord(BaseModel):
     node_ip: str | None = None
     pid: int | None = None
     resumed_from: str | None = None
+    run_dir: str | None = None  # where the attempt wrote, on its node
     began: float | None = None  # the node's clock when the attempt began (`ts` is the driver's when it learnt)
     outcome: str | None = None  # ok | node died | worker died | ... | error | cancelled
     status: str | None = None
@@ -633,7 +634,8 @@ class RaySweep:
                 self._seen[t.key] = info
                 self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="start",
                                         node_id=info["node_id"], node_ip=info["node_ip"], pid=info["pid"],
-                                        resumed_from=info["resumed_from"], began=info["began"]))
+                                        resumed_from=info["resumed_from"], run_dir=info["run_dir"],
+                                        began=info["began"]))
         self._ensure_hosts()
         if on_progress is None:
             return
