@@ -313,7 +313,12 @@ def sweep(
             runner = Sweep(spec, out)
         runner.prepare()
         if engine == "ray":
-            runner.connect()
+            try:
+                runner.connect()  # a local Ray instance takes seconds to start
+            except KeyboardInterrupt:
+                runner.close()
+                err_console.print("interrupted before any run started")
+                raise typer.Exit(130) from None
     except (UserError, SweepError, *USER_ERRORS) as err:
         fail(one_line(err))
     from bloodwork.sweep import cells
