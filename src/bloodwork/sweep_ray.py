@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tarfile
@@ -52,6 +53,7 @@ POLL_S = 0.5
 HOST_WAIT_S = 120.0
 STOP_WAIT_S = 60.0
 ATTEMPTS_FILE = "ray_attempts.jsonl"
+_LOCAL_TOKEN = secrets.token_hex(32)  # for the Ray instances this process starts; never written anywhere
 INTERRUPTED_DIR = "interrupted"
 
 
@@ -491,8 +493,11 @@ class RaySweep:
         if not local:
             _probe(self.address)
         # A local instance listens on loopback only (Ray's own switch, read when ray is imported: so only
-        # where this process has not imported ray before, as in the CLI) and reports no usage statistics.
-        extra = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"} if local else {}
+        # where this process has not imported ray before, as in the CLI), reports no usage statistics, and
+        # checks a token made by this process (Ray's default would write one to ~/.ray for good; Ray caches
+        # the first token a process uses, so every instance this process starts gets the same one).
+        extra = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                 "RAY_AUTH_TOKEN": _LOCAL_TOKEN} if local else {}
         with _env(**extra):
             try:
                 import ray
