@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tarfile
 import tempfile
@@ -372,11 +373,17 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
     board.started.remote(key, {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(), "run_dir": str(run_dir),
                                "resumed_from": resumed_from, "began": round(time.time(), 3)})
     sweep = _node_sweep(job, root)
+    sweep._stopping = False  # the sweep object outlives attempts in this worker
+    # `ray.cancel` arrives as SIGINT. Whenever it lands (the kernel installs its own handler only while
+    # its loop runs), the run stops after its current tick, or before its first, and still comes back.
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: sweep.stop())
     started = time.perf_counter()
     try:
         result = sweep.run_cell(job.cell, _Reporter(board, key, run_dir, mirror=not job.shared_out))
     except _HostLost as err:
         raise RunLost(str(err)) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     answer: dict[str, Any] = {"result": result.model_dump(), "node_id": node_id, "node_ip": node_ip,
                               "pid": os.getpid(), "resumed_from": resumed_from,
                               "run_s": round(time.perf_counter() - started, 4), "tar": None, "pack_s": None}
