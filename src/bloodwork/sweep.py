@@ -112,6 +112,8 @@ class Sweep:
         self._oracle_lock = threading.Lock()
         self._kernels: dict[str, Kernel] = {}
         self._stopping = False
+        # What each run's manifest records as the command that made it (the Ray engine's nodes name the driver's).
+        self.command_line = ["bloodwork", "sweep", str(out)]
         # Validate everything that can be wrong before any run starts.
         self.profiles = {c: chaos_profile(c) for c in spec.chaos}
         self.tasks = {t: load_task(t) for t in spec.tasks}
@@ -150,7 +152,7 @@ class Sweep:
         if state is None:  # never started, or killed before its first commit (create replaces that)
             kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
                                    chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
-                                   command_line=["bloodwork", "sweep", str(self.out)],
+                                   command_line=self.command_line,
                                    model_options={"seed": cell.seed, **self.spec.model_options})
             action = "ran"
         else:

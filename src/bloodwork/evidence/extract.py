@@ -32,7 +32,9 @@ class ExtractError(ValueError):
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded."""
+    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
+    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
+    folder itself to extract them)."""
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -42,7 +44,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
             continue
         for manifest in sorted(path.rglob("run.json")):
             run = manifest.parent
-            if "workspace" in run.parts or "deaths" in run.relative_to(path).parts:
+            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
                 continue
             if (run / ".journal.log").is_file():
                 found.append(run)
