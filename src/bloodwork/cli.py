@@ -502,12 +502,14 @@ def isa_schema() -> None:
 
 
 def _register_upper_layers() -> None:
-    """Dataset, training and matrix commands live with their packages; they add themselves here."""
+    """Dataset, training, matrix and campaign commands live with their packages; they add themselves here."""
+    from bloodwork.campaign.cli import register as register_campaign
     from bloodwork.data.cli import register as register_data
     from bloodwork.matrix.cli import register as register_matrix
 
     register_data(app)
     register_matrix(app)
+    register_campaign(app)
 
 
 _register_upper_layers()
