@@ -342,7 +342,9 @@ def extract(
     from bloodwork.evidence.extract import extract as run_extract
 
     try:
-        report = run_extract(inputs, out, generator="bloodwork extract " + " ".join(sys.argv[2:]))
+        # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
+        generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
+        report = run_extract(inputs, out, generator=generator)
     except (ExtractError, *USER_ERRORS) as err:
         fail(one_line(err))
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
