@@ -368,7 +368,10 @@ class Runner:
                     ps.gate = record.gate
                 records.append(record)
                 self.save()
-            self.write_html()
+            if self.state.status == "done":
+                self.finish()  # the handover bundle shows the gates as they are now
+            else:
+                self.write_html()
         return records
 
     # -- outputs -------------------------------------------------------------------------------------

@@ -27,11 +27,16 @@ from bloodwork.chronos.run import now_iso
 
 PR_SET_PDEATHSIG = 1
 BASELINE_FILE = "baseline.json"
+# Looked up once in the parent: between fork and exec the child only calls it (no dlopen, no allocation that
+# could wait on a lock another thread of the parent held at fork time, e.g. a local auditor model's).
+_PRCTL = None
+with contextlib.suppress(OSError, AttributeError):
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def child_env() -> dict[str, str]:
