@@ -117,7 +117,9 @@ def test_kill9_mid_campaign_then_resume_continues_at_the_interrupted_phase(campa
     assert len(phases[1]["attempts"]) == 1 and _digests(campaign.out / "phases" / "phase1") == campaign.phase1_before
     attempt = phases[2]["attempts"][0]
     assert len(phases[2]["attempts"]) == 1
-    assert any(running[0] in note for note in attempt["interruptions"]), attempt["interruptions"]
+    note = next(n for n in attempt["interruptions"] if running[0] in n)
+    kept = campaign.out / note.split("its log kept as ")[1].split(")")[0]
+    assert kept.is_file() and kept.read_text().startswith("$ ")  # the killed command's output is kept
     assert [s["status"] for s in attempt["steps"]] == ["ok"] * len(attempt["steps"])
     sessions = state["sessions"]
     assert len(sessions) == 2 and sessions[0]["ended"] is None and sessions[1]["ended"] == "finished"

@@ -194,13 +194,13 @@ class Runner:
                 self.run_attempt(phase, ps, attempt)
             if attempt.gate == "GO" or len(ps.attempts) >= phase.max_attempts:
                 break
-            remedy, why_not = self.next_remedy(phase, ps)
-            if remedy is None:
+            index, why_not = self.next_remedy(phase, ps)
+            if index is None:
                 ps.note = why_not
                 break
             reports.archive(self.root, phase.id, attempt)
-            applied = [phase.remedies[int(a.remedy["index"])] for a in ps.attempts if a.remedy] + [remedy]
-            self.new_attempt(phase, ps, applied, remedy_index=phase.remedies.index(remedy))
+            applied = [phase.remedies[int(a.remedy["index"])] for a in ps.attempts if a.remedy]
+            self.new_attempt(phase, ps, [*applied, phase.remedies[index]], remedy_index=index)
         ps.gate = ps.attempts[-1].gate
         ps.status = "done"
         ps.wall_s = round(sum(a.wall_s for a in ps.attempts), 3)
@@ -208,18 +208,20 @@ class Runner:
         self.say(f"phase {phase.id} ({phase.name}): {ps.gate} after {len(ps.attempts)} attempt(s)"
                  + (f"; {ps.note}" if ps.note else ""))
 
-    def next_remedy(self, phase: Phase, ps: PhaseState) -> tuple[Remedy | None, str]:
+    def next_remedy(self, phase: Phase, ps: PhaseState) -> tuple[int | None, str]:
+        """The index of the next remedy that addresses a failed check (remedies apply in order, each once)."""
         last = ps.attempts[-1]
         used = max((int(a.remedy["index"]) for a in ps.attempts if a.remedy), default=-1)
         failed = {c.name for c in last.checks if not c.passed}
-        for remedy in phase.remedies[used + 1:]:
+        for index in range(used + 1, len(phase.remedies)):
+            remedy = phase.remedies[index]
             if remedy.when and not failed & set(remedy.when):
                 continue
             budget = self.plan.time_budget_min
             if budget is not None and self.state.wall_s + last.wall_s > budget * 60:
                 return None, (f"remedy '{remedy.why}' not applied: another attempt (~{last.wall_s / 60:.1f} min) "
                               f"would pass the plan's time budget of {budget} min")
-            return remedy, ""
+            return index, ""
         return None, "no remedy left that addresses the failed checks"
 
     def new_attempt(self, phase: Phase, ps: PhaseState, applied: list[Remedy], remedy_index: int | None = None
@@ -242,9 +244,14 @@ class Runner:
             for i, step in enumerate(phase.steps):
                 if i < len(attempt.steps) and attempt.steps[i].status != "running":
                     continue
+                log = phase_dir / "steps" / f"{i:02d}-{_slug(step.name)}.log"
                 if i < len(attempt.steps):
+                    kept = log.with_suffix(f".interrupted-{len(attempt.interruptions) + 1}.log")
+                    if log.is_file():
+                        log.rename(kept)
                     attempt.interruptions.append(f"step {step.name!r} was interrupted (started "
-                                                 f"{attempt.steps[i].started_at}); run again {now_iso()}")
+                                                 f"{attempt.steps[i].started_at}, its log kept as "
+                                                 f"{kept.relative_to(self.root)}); run again {now_iso()}")
                 args = substitute(step.bloodwork or step.python or [], values)
                 record = StepRecord(name=step.name, argv=bloodwork_argv(args) if step.bloodwork else args)
                 attempt.steps[i:i + 1] = [record]
@@ -252,7 +259,6 @@ class Runner:
                 since = time.monotonic()
                 self.save()
                 self.say(f"  step {step.name}: {' '.join(args) if step.bloodwork or step.python else step.builtin}")
-                log = phase_dir / "steps" / f"{i:02d}-{_slug(step.name)}.log"
                 attempt.steps[i] = run_step(step, args, phase_dir, self.root, log)
                 self.say(f"    {attempt.steps[i].status} (exit {attempt.steps[i].exit}, {attempt.steps[i].wall_s} s)")
                 self._tick_wall(attempt, since)
