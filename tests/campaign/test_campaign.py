@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from bloodwork.campaign.plan import builtin_plans
+from bloodwork.cli import app
 from tests.campaign.cdp import Page, chromium
 
 CLI = [sys.executable, "-m", "bloodwork.cli"]
@@ -221,6 +223,12 @@ def test_a_planted_wrong_figure_gives_nogo_naming_it(campaign: Campaign, tmp_pat
     after = report.read_text()
     assert planted in after and "**Gate: NO-GO**" in after  # the report is audited as it stands, not rewritten
     assert _state(copy)["phases"][1]["gate"] == "NO-GO"
+    (copy / "handover").rename(tmp_path / "old-handover")
+    result = CliRunner().invoke(app, ["campaign", "report", str(copy)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((copy / "handover" / "manifest.json").read_text())
+    assert manifest["gates"]["1"] == "NO-GO" and "reports/phase1.md" in manifest["files"]
+    assert planted in (copy / "handover" / "reports" / "phase1.md").read_text()
 
 
 def test_the_auditor_can_turn_go_into_nogo(campaign: Campaign, tmp_path: Path) -> None:

@@ -1,19 +1,29 @@
-"""`bloodwork campaign run|resume|audit|report|plans`: `register(app)` adds them to the bloodwork CLI."""
+"""`bloodwork campaign run|resume|audit|report|plans`: `register(app)` adds them to the bloodwork CLI.
+
+The campaign's modules are imported inside the commands: every `bloodwork` command line (a campaign's own
+steps among them) pays for what it imports at start.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from bloodwork.campaign.plan import PlanError, builtin_plans, load_plan
-from bloodwork.campaign.state import CampaignError, CampaignState
 from bloodwork.console import console, err_console, fail, one_line
 
-USER_ERRORS = (PlanError, CampaignError, OSError)
+if TYPE_CHECKING:
+    from bloodwork.campaign.state import CampaignState
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from bloodwork.campaign.plan import PlanError
+    from bloodwork.campaign.state import CampaignError
+
+    return PlanError, CampaignError, OSError
 
 
 def _say(message: str) -> None:
@@ -86,7 +96,7 @@ def run(
             console.print(f"{problems} step(s) use commands or options this CLI lacks", highlight=False)
             return
         runner = Runner.create(plan, out, auditor=auditor, sets=set_, say=_say)
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         fail(one_line(err))
     try:
         state = runner.run("bloodwork campaign " + " ".join(sys.argv[2:]))
@@ -113,7 +123,7 @@ def resume(
             _outcome(runner.state, out)
             return
         state = runner.run("bloodwork campaign " + " ".join(sys.argv[2:]))
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         fail(one_line(err))
     except KeyboardInterrupt:
         _interrupted(out)
@@ -134,7 +144,7 @@ def audit(
     try:
         runner = Runner.open(out, auditor=auditor, say=_say)
         records = runner.reaudit(phase, "bloodwork campaign " + " ".join(sys.argv[2:]))
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         fail(one_line(err))
     for r in records:
         console.print(f"phase {r.phase} attempt {r.attempt}: {r.gate} ({len(r.blockers())} blocking findings)",
@@ -157,7 +167,7 @@ def report(out: Annotated[Path, typer.Argument(help="The campaign directory.")])
         runner = Runner.open(out)
         with Lock(out):
             bundle = runner.finish()
-    except USER_ERRORS as err:
+    except _user_errors() as err:
         fail(one_line(err))
     console.print(f"page: {out / 'campaign.html'}\nhandover bundle: {bundle} (manifest.json holds the sha256 of "
                   "every file)", highlight=False)
@@ -168,6 +178,8 @@ def plans() -> None:
 
     Example: bloodwork campaign plans
     """
+    from bloodwork.campaign.plan import PlanError, builtin_plans, load_plan
+
     for name, path in sorted(builtin_plans().items()):
         try:
             p = load_plan(path)
