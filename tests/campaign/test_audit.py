@@ -71,3 +71,18 @@ def test_a_failed_recount_blocks_once_and_an_unknown_figure_blocks() -> None:
     claims = [f.claim for f in findings]
     assert sum("recount of evidence `m` failed" in c for c in claims) == 1
     assert any("`other.x` quoted in r.md cannot be recomputed" in c for c in claims)
+
+
+def test_evidence_that_cannot_be_read_is_a_recount_problem_not_a_crash(tmp_path) -> None:
+    from bloodwork.campaign.evidence import recount
+    from bloodwork.campaign.plan import EvidenceSpec
+
+    file = tmp_path / "baseline.json"
+    file.write_text(json.dumps({"git": {"available": False}}))
+    never = [EvidenceSpec(name="b", kind="json", file=str(file), figures={"sha": "/git/sha"}),
+             EvidenceSpec(name="d", kind="dataset", dir=str(tmp_path / "missing")),
+             EvidenceSpec(name="e", kind="extract", inputs=[str(tmp_path)], out=str(tmp_path / "none"))]
+    results = [recount(spec, tmp_path, lambda argv, name: 1) for spec in never]
+    assert [r.values for r in results] == [{}, {}, {}]
+    assert "/git/sha (no 'sha')" in results[0].problems[0] and "cannot be read" in results[1].problems[0]
+    assert "exited 1" in results[2].problems[0]

@@ -205,9 +205,11 @@ AUDITOR_SYSTEM = """You audit one phase of a bloodwork campaign. bloodwork runs 
 harvests failures as evidence. You receive the phase report, the results of its acceptance checks (each computed \
 from raw files), the findings of the deterministic recount, and the index of its evidence files.
 
-Answer with ONE JSON object and nothing else, of this form:
-{"gate": "GO" or "NO-GO", "findings": [{"severity": "blocker" | "major" | "minor" | "info", "claim": "...", \
-"evidence": "path from the evidence index", "fix": "..."}]}
+Answer with ONE JSON object and nothing else: "gate" is GO or NO-GO; "findings" is a list, each with "severity" \
+(blocker, major, minor or info), "claim", "evidence" (a path from the evidence index below) and "fix". An example \
+from another campaign, to show the form only:
+{"gate": "NO-GO", "findings": [{"severity": "blocker", "claim": "the report counts 12 deaths, the deaths folder \
+holds 9 bundles", "evidence": "phases/phase1/attempt2/evidence/deaths", "fix": "quote the number of bundles"}]}
 
 Rules: every claim names the path of its raw evidence. Say NO-GO when a claim of the report is not supported by \
 its evidence, when results contradict the phase's goal, or when a failure was prettified; a blocker finding means \

@@ -98,7 +98,7 @@ class Check:
         try:
             parsed = self.validate_args(args)
             passed, value, expected, detail, evidence = self.fn(parsed, ctx)
-        except (CheckError, OSError, ValueError, KeyError) as err:
+        except (CheckError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
             return CheckResult(name=name, check=self.name, passed=False, detail=f"could not be evaluated: {err}")
         return CheckResult(name=name, check=self.name, passed=passed, value=value, expected=expected, detail=detail,
                            evidence=sorted(dict.fromkeys(evidence)))

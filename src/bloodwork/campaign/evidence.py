@@ -187,7 +187,16 @@ def source_file(spec: EvidenceSpec) -> Path:
 
 
 def recount(spec: EvidenceSpec, scratch: Path, run: RunCommand) -> Recounted:
-    """Recompute an evidence item's figures from the raw files through the product's recount path."""
+    """Recompute an evidence item's figures from the raw files through the product's recount path; files that
+    cannot be read (missing, malformed, without a quoted key) are a problem of the recount, not a crash."""
+    try:
+        return _recount(spec, scratch, run)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        return Recounted(evidence=spec.name, command=recount_description(spec), values={},
+                         problems=[f"its files cannot be read: {type(err).__name__}: {err}"])
+
+
+def _recount(spec: EvidenceSpec, scratch: Path, run: RunCommand) -> Recounted:
     name = f"recount-{spec.name}"
     if spec.kind == "extract":
         out = scratch / name

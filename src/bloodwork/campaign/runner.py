@@ -302,7 +302,7 @@ class Runner:
         for spec in self.resolved_evidence(phase, attempt):
             try:
                 values = read_figures(spec)
-            except (OSError, ValueError, KeyError, IndexError) as err:
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
                 values = {}
                 attempt.checks.append(CheckResult(name=f"evidence:{spec.name}", check="evidence_readable", passed=False,
                                                   detail=f"its files cannot be read: {err}",
