@@ -408,7 +408,9 @@ def extract(
     from bloodwork.evidence.extract import extract as run_extract
 
     try:
-        report = run_extract(inputs, out, generator="bloodwork extract " + " ".join(sys.argv[2:]))
+        # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
+        generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
+        report = run_extract(inputs, out, generator=generator)
     except (ExtractError, *USER_ERRORS) as err:
         fail(one_line(err))
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
@@ -571,12 +573,14 @@ def isa_schema() -> None:
 
 
 def _register_upper_layers() -> None:
-    """Dataset, training and matrix commands live with their packages; they add themselves here."""
+    """Dataset, training, matrix and campaign commands live with their packages; they add themselves here."""
+    from bloodwork.campaign.cli import register as register_campaign
     from bloodwork.data.cli import register as register_data
     from bloodwork.matrix.cli import register as register_matrix
 
     register_data(app)
     register_matrix(app)
+    register_campaign(app)
 
 
 _register_upper_layers()

@@ -10,6 +10,7 @@ cells, resumes interrupted ones and starts the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Callable
@@ -76,8 +77,18 @@ def _slug(text: str, limit: int = 40) -> str:
     return slug
 
 
+def _config_tag(spec: SweepSpec) -> str:
+    """A non-default kernel config puts its hash into the run ids: two sweeps that differ only by config
+    (a context policy, say) must not make runs with the same id, which extract and profile count once."""
+    default = KernelConfig().model_dump(exclude={"max_ticks", "panic_budget"})
+    if not spec.config or spec.config == default:
+        return ""
+    return "__k" + hashlib.sha256(json.dumps(spec.config, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def cells(spec: SweepSpec) -> list[Cell]:
-    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}", task=t, model=m, chaos=c, seed=s)
+    tag = _config_tag(spec)
+    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}{tag}", task=t, model=m, chaos=c, seed=s)
             for t in spec.tasks for m in spec.models for c in spec.chaos for s in spec.seeds]
 
 
