@@ -124,7 +124,8 @@ class Kernel:
         if oracle.provenance != "replay" and any(chaos.rate(k) for k in ORACLE_FAULTS):
             oracle = ChaoticOracle(oracle, self.plan)
         self.oracle = oracle
-        self.runner = CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits)
+        self.runner = CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits,
+                                    toolchain=task.toolchain())
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
         self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
         self.trace = JsonlAppender(paths.trace)
