@@ -10,6 +10,7 @@ committed file, so a resume truncates whatever an interrupted tick had begun (ke
 from __future__ import annotations
 
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -153,7 +154,11 @@ class Kernel:
             paths.create()
         except OSError as err:
             raise KernelError(f"cannot create the run directory {paths.root}: {err.strerror}") from err
-        task.prepare(paths.workspace, seed)
+        try:
+            task.prepare(paths.workspace, seed)
+        except BaseException:  # a run that cannot start leaves no half-built directory behind
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise
         manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
                                task_meta=task.metadata, model=oracle.spec,
                                provenance=Provenance(oracle.provenance), seed=seed, chaos=chaos.model_dump(),
