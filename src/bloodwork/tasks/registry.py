@@ -70,7 +70,10 @@ def load_task(name: str) -> Task:
         instance_task.source = str(path.resolve())
         return instance_task
     if family == "repo-fix" and member and "/" not in member:
-        builtin_instance(member)  # raises the error that lists the built-in instances
+        try:
+            builtin_instance(member)  # raises the error that lists the built-in instances
+        except TaskError as err:
+            raise TaskError(f"{err}; none on {TASK_PATH_ENV} either") from err
     known = ", ".join(str(d.relative_to(BUILTIN)) for d in builtin_task_dirs())
     raise TaskError(f"unknown task {name!r} (built-in: {known or 'none'}, repo-fix/<instance>, "
                     f"ops-blindbox/<scenario>; tasks on {TASK_PATH_ENV}; or give a task folder or an instance file)")

@@ -44,8 +44,9 @@ def user_tasks() -> dict[str, Path]:
     for root in task_path():
         if not root.is_dir():
             continue
-        for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir()),
-                       *sorted(p for p in root.glob("*/*") if p.is_dir())]:
+        # Hidden folders are skipped: `tasks import` stages its folders in `.import-*` until all rows pass.
+        for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                       *sorted(p for p in root.glob("*/*") if p.is_dir() and not p.parent.name.startswith("."))]:
             task_id = _id_of(folder)
             if task_id is not None:
                 found.setdefault(task_id, folder)

@@ -247,7 +247,18 @@ def builtin_instance(instance_id: str) -> RepoFixInstance:
     return load_instance_file(path)
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line text (bug reports, diffs) as `|` blocks, so an instance file reads like the text it holds."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
 def write_instance(inst: RepoFixInstance, path: Path) -> None:
     """Save an instance as YAML; `load_task(path)` runs it (a `base_archive` must sit next to it)."""
-    path.write_text(yaml.safe_dump(inst.model_dump(mode="json", exclude_defaults=True), sort_keys=False,
-                                   allow_unicode=True))
+    path.write_text(yaml.dump(inst.model_dump(mode="json", exclude_defaults=True), Dumper=_BlockDumper,
+                              sort_keys=False, allow_unicode=True))
