@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
+from rich.table import Column, Table
 
 from bloodwork import isa
 from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
@@ -74,7 +74,8 @@ def _print_result(result: RunResult) -> None:
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Argument(help="Built-in task id (see `bloodwork tasks list`) or a task folder.")],
+    task: Annotated[str, typer.Argument(help="Task id (built-in or on BLOODWORK_TASK_PATH, see `bloodwork tasks "
+                                             "list`), a task folder, or a repo-fix instance file (YAML/JSON).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec, e.g. local:smollm2, scripted:FILE.")] =
     "local:smollm2",
     ticks: Annotated[int | None, typer.Option("--ticks", "-n", help="Maximum ticks; overrides $BLOODWORK_TICKS, "
@@ -96,6 +97,10 @@ def run(
     = None,
 ) -> None:
     """Run TASK with MODEL until it halts, dies or runs out of ticks.
+
+    TASK is a built-in id (`long-haul/ledger`, `repo-fix/<instance>`, `ops-blindbox/<scenario>`), the id of a
+    task on BLOODWORK_TASK_PATH (e.g. `repo-fix/<id>` after `bloodwork tasks import`), a task folder, or a
+    repo-fix instance file. A repo-fix task prepares its environment first (built once, then cached).
 
     Example: bloodwork run long-haul/ledger --model scripted:expert.py --ticks 60 --chaos default --seed 7
     """
@@ -502,63 +507,101 @@ def serve(
 
 @tasks_app.command("list")
 def tasks_list() -> None:
-    """List the built-in tasks.
+    """List the built-in tasks, then those found on BLOODWORK_TASK_PATH.
 
-    Example: bloodwork tasks list
+    Example: BLOODWORK_TASK_PATH=tasks/mine bloodwork tasks list
     """
-    table = Table("id", "kind", "synthetic", "verifier")
-    for task in list_tasks():
+    table = Table(Column("id", no_wrap=True), "kind", "synthetic", "from", "verifier")
+    try:
+        tasks = list_tasks()
+    except USER_ERRORS as err:
+        fail(one_line(err))
+    for task in tasks:
         meta = task.metadata
-        table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")), str(meta.get("verifier", ""))[:60])
+        table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")),
+                      str(meta.get("task_folder", "built-in")), str(meta.get("verifier", ""))[:60])
     console.print(table)
 
 
 @tasks_app.command("import")
 def tasks_import(
-    file: Annotated[Path, typer.Argument(help="SWE-bench-style JSONL (instance_id, repo, base_commit, ...).")],
-    repo_dir: Annotated[Path, typer.Option(help="A local git checkout of the instances' repository.")],
-    out: Annotated[Path, typer.Option(help="Folder for the instance files.")] = Path("tasks/imported"),
+    file: Annotated[Path, typer.Argument(help="SWE-bench-style JSONL, one instance a line (fields: see README, "
+                                              "'Bring your own repo-fix instance').")],
+    repo_dir: Annotated[Path, typer.Option(help="A local git checkout holding every row's base_commit.")],
+    out: Annotated[Path, typer.Option(help="Folder that receives one task folder per instance.")] =
+    Path("tasks/imported"),
 ) -> None:
-    """Import SWE-bench-style instances; each becomes a file runnable with `bloodwork run FILE`.
+    """Import SWE-bench-style instances into self-contained task folders (instance.yaml + base.tar.gz).
 
-    Example: bloodwork tasks import instances.jsonl --repo-dir ~/src/sqlparse --out tasks/sqlparse
+    Required per row: instance_id, repo, base_commit, problem_statement, FAIL_TO_PASS, patch, test_patch.
+    Every row is checked first (fields, base commit, and that pytest collects every test id in the
+    instance's own environment, built and cached on first use); a bad row refuses the whole file.
+    Run an imported task by path (`bloodwork run OUT/ID`) or by id with BLOODWORK_TASK_PATH=OUT.
+
+    Example: bloodwork tasks import rows.jsonl --repo-dir ~/src/click --out tasks/click
     """
-    from bloodwork.tasks.repofix.instance import import_instances, write_instance
+    from bloodwork.tasks.repofix.importer import import_instances
 
     try:
-        instances = import_instances(file, repo_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for inst in instances:
-            write_instance(inst, out / f"{inst.instance_id}.yaml")
+        with err_console.status("checking the rows (the first import of a repo/version builds its environment)"):
+            imported = import_instances(file, repo_dir, out)
     except USER_ERRORS as err:
         fail(one_line(err))
-    console.print(f"imported {len(instances)} instances into {out}")
+    for item in imported:
+        for warning in item.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    table = Table("instance", "folder", "test ids collected", "environment")
+    for item in imported:
+        table.add_row(item.instance_id, str(item.folder), str(item.collected), str(item.environment.get("key", "")))
+    console.print(table)
+    console.print(f"imported {len(imported)} instances into {out}; run one with "
+                  f"`BLOODWORK_TASK_PATH={out} bloodwork run repo-fix/{imported[0].instance_id}`", highlight=False)
 
 
 @tasks_app.command("validate")
 def tasks_validate(
-    ids: Annotated[list[str] | None, typer.Argument(help="Instance ids or instance files (default: all built-in).")]
-    = None,
+    ids: Annotated[list[str] | None, typer.Argument(
+        help="Instance ids (built-in or on BLOODWORK_TASK_PATH), instance files or task folders "
+             "(default: every built-in instance).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON (every run's evidence).")]
+    = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each pytest run: command, exit code, "
+                                                                  "pytest's own errors, output tail.")] = False,
 ) -> None:
-    """Check each repo-fix instance: the base code fails FAIL_TO_PASS, the gold patch passes every hidden test.
+    """Check each repo-fix instance: every test id collected, the base fails FAIL_TO_PASS, the gold patch passes all.
 
-    Example: bloodwork tasks validate sqlparse-784
+    Exit 1 if any instance fails its check.
+
+    Example: bloodwork tasks validate sqlparse-784 --verbose
     """
-    from bloodwork.tasks.repofix.instance import builtin_instance, load_instance_file
+    from bloodwork.tasks.registry import find_instance
     from bloodwork.tasks.repofix.validate import validate_instances
 
     try:
-        chosen = [load_instance_file(Path(i)) if Path(i).is_file() else builtin_instance(i) for i in ids] if ids \
-            else None
-        with err_console.status("validating (the first run downloads the pinned sdists)"):
+        chosen = [find_instance(i) for i in ids] if ids else None
+        with err_console.status("validating (the first run downloads the sdists and builds the environments)"):
             results = validate_instances(chosen)
     except USER_ERRORS as err:
         fail(one_line(err))
-    table = Table("instance", "ok", "base fails F2P", "gold passes all", "problems", "seconds")
-    for r in results:
-        table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.base_fails_f2p),
-                      str(r.gold_passes_all), "; ".join(r.problems)[:80], f"{r.duration_s:.1f}")
-    console.print(table)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json", exclude=None if verbose else {"runs"}) for r in results],
+                         indent=2))
+    else:
+        table = Table("instance", "ok", "all collected", "base fails F2P", "gold passes all", "problems", "seconds")
+        for r in results:
+            table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.collected_all),
+                          str(r.base_fails_f2p), str(r.gold_passes_all), "; ".join(r.problems)[:300],
+                          f"{r.duration_s:.1f}")
+        console.print(table)
+        if verbose:
+            for r in results:
+                console.rule(f"{r.instance_id}: environment {r.environment.get('key', '(none)')}")
+                for run in r.runs:
+                    console.print(f"[bold]{run.tree}[/bold] exit {run.exit_code}"
+                                  f"{' (timed out)' if run.timed_out else ''}: {run.command}", highlight=False)
+                    for line in run.errors:
+                        console.print(f"  {line}", highlight=False, markup=False)
+                    console.print(run.output_tail[-1500:], highlight=False, markup=False)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 

@@ -140,7 +140,7 @@ class Kernel:
         if oracle.provenance != "replay" and any(chaos.rate(k) for k in ORACLE_FAULTS):
             oracle = ChaoticOracle(oracle, self.plan)
         self.oracle = oracle
-        self.runner = runner or _make_runner(paths, config)
+        self.runner = runner or _make_runner(paths, config, task)
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
         self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
         self.trace = JsonlAppender(paths.trace)
@@ -175,7 +175,7 @@ class Kernel:
         except ValueError as err:
             raise KernelError(str(err)) from err
         paths = RunPaths(out_dir / run_id)
-        runner = _make_runner(paths, config)
+        runner = _make_runner(paths, config, task)
         manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
                                task_meta=task.metadata, model=oracle.spec, provenance=provenance, seed=seed,
                                chaos=chaos.model_dump(), chaos_key=chaos_key or run_id, replay_of=replay_of,
@@ -240,7 +240,7 @@ class Kernel:
             manifest.config["max_ticks"] = max_ticks
         config = KernelConfig.model_validate(manifest.config)
         chaos = ChaosProfile.model_validate(manifest.chaos)
-        runner = _make_runner(paths, config)  # before anything is written: a missing sandbox changes nothing
+        runner = _make_runner(paths, config, task)  # before anything is written: a missing sandbox changes nothing
         if ended:
             # Killed after its last commit but before the manifest was final: only finish the paperwork.
             kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
@@ -608,9 +608,10 @@ class Kernel:
             self._dir_lock.release()
 
 
-def _make_runner(paths: RunPaths, config: KernelConfig) -> CommandRunner:
+def _make_runner(paths: RunPaths, config: KernelConfig, task: Task) -> CommandRunner:
     try:
-        return CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits)
+        return CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits,
+                             toolchain=task.toolchain())
     except SandboxError as err:
         raise KernelError(str(err)) from err
 

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from bloodwork.manifold.toolchain import Toolchain
+
 SERVER_SOURCE = (Path(__file__).with_name("sandbox_server.py")).read_text()
 _EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 SandboxKind = Literal["auto", "bwrap", "none"]
@@ -97,11 +99,13 @@ def bwrap_available() -> bool:
     return shutil.which("bwrap") is not None
 
 
-def _bwrap_argv(workspace: Path) -> list[str]:
+def _bwrap_argv(workspace: Path, toolchain: Toolchain | None = None) -> list[str]:
     """bwrap as root: drop every capability, unshare every namespace, read-only system, writable /ws."""
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--clearenv", "--setenv", "PATH", f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "--setenv", "HOME", "/ws", "--setenv", "LANG", "C.UTF-8",
+    variables = toolchain.variables("/ws") if toolchain else {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    for name, value in variables.items():
+        argv += ["--setenv", name, value]
+    argv += ["--setenv", "HOME", "/ws", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
             "--bind", str(workspace), "/ws", "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
@@ -110,8 +114,10 @@ def _bwrap_argv(workspace: Path) -> list[str]:
     for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(etc):
             argv += ["--ro-bind", etc, etc]
-    # The interpreter that runs the server (and the agent's `python3`) lives outside /usr here.
-    for prefix in sorted({sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix)}):
+    # The interpreter that runs the server (and the agent's `python3`, unless a toolchain brings its own)
+    # lives outside /usr here.
+    for prefix in sorted({sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix),
+                          *(toolchain.prefixes if toolchain else ())}):
         if not prefix.startswith("/usr"):
             argv += ["--ro-bind", prefix, prefix]
     argv += ["--chdir", "/ws"]
@@ -121,9 +127,11 @@ def _bwrap_argv(workspace: Path) -> list[str]:
 class CommandRunner:
     """Runs shell commands in the workspace through the in-sandbox server (restarted if it dies)."""
 
-    def __init__(self, workspace: Path, *, sandbox: SandboxKind = "auto", limits: Limits | None = None) -> None:
+    def __init__(self, workspace: Path, *, sandbox: SandboxKind = "auto", limits: Limits | None = None,
+                 toolchain: Toolchain | None = None) -> None:
         self.workspace = workspace.resolve()
         self.limits = limits or Limits()
+        self.toolchain = toolchain
         if sandbox == "auto":
             sandbox = "bwrap" if bwrap_available() else "none"
         if sandbox == "bwrap" and not bwrap_available():
@@ -142,14 +150,18 @@ class CommandRunner:
                 else "anything the user can write", "limits": self.limits.model_dump(),
                 "nproc_enforced_by": "pids cgroup" if self._cgroup.path else
                 ("RLIMIT_NPROC" if os.geteuid() != 0 else "nothing (root is exempt from RLIMIT_NPROC)"),
-                "process_group_kill": True, "restarts": self.restarts}
+                "process_group_kill": True, "restarts": self.restarts,
+                "toolchain": self.toolchain.model_dump(mode="json") if self.toolchain else None}
 
     def _start(self) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-I", "-c", SERVER_SOURCE]
+        env = None
         if self.kind == "bwrap":
-            argv = _bwrap_argv(self.workspace) + argv
+            argv = _bwrap_argv(self.workspace, self.toolchain) + argv
+        elif self.toolchain is not None:  # no isolation: the commands inherit the server's environment
+            env = {**os.environ, **self.toolchain.variables(str(self.workspace))}
         try:
-            return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                     stderr=subprocess.DEVNULL, cwd=self.workspace, start_new_session=True,
                                     preexec_fn=self._cgroup.enter)
         except OSError as err:

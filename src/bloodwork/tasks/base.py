@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from bloodwork.manifold.toolchain import Toolchain
+
 
 class TaskError(ValueError):
     """A task definition is malformed or cannot be found."""
@@ -37,8 +39,10 @@ class CommandRunnerLike(Protocol):
 class Task(Protocol):
     """What the kernel needs from a task. The kernel calls, in order:
 
-    `prepare` (fill the empty workspace), `start` (processes, inside the run's sandbox, once the
-    sandbox exists; also after a resume, with `resumed=True`), `on_tick` before every tick (task-level
+    `prepare` (fill the empty workspace; a failure is a `TaskError`), `toolchain` (the interpreter the
+    sandbox's commands get: None for bloodwork's own, else e.g. a repo-fix instance's environment),
+    `start` (processes, inside the run's sandbox, once the sandbox exists; also after a resume, with
+    `resumed=True`), `on_tick` before every tick (task-level
     faults; each returned dict is journaled as an injected `chaos` event), `verify` on every `SYS_HALT`
     and at the end of the run, `close` when the run stops.
     """
@@ -48,6 +52,8 @@ class Task(Protocol):
     metadata: dict[str, Any]
 
     def prepare(self, workspace: Path, seed: int) -> None: ...
+
+    def toolchain(self) -> Toolchain | None: ...
 
     def start(self, runner: CommandRunnerLike, *, seed: int, resumed: bool) -> None: ...
 

@@ -74,6 +74,9 @@ class FolderTask:
         if files.is_dir():
             shutil.copytree(files, workspace, dirs_exist_ok=True)
 
+    def toolchain(self) -> None:
+        return None
+
     def start(self, runner: CommandRunnerLike, *, seed: int, resumed: bool) -> None:
         return None
 

@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bloodwork.manifold.runner import CommandRunner, SandboxKind
+from bloodwork.manifold.toolchain import Toolchain
 from bloodwork.tasks.base import VerifierResult
 from bloodwork.tasks.repofix.instance import RepoFixInstance
 from bloodwork.tasks.repofix.sources import IGNORED, Materialized
@@ -115,10 +116,15 @@ def check_pr(text: str | None) -> dict[str, Any]:
 class _Sandbox:
     runner: CommandRunner
     inst: RepoFixInstance
+    mat: Materialized
 
     def sh(self, cmd: str, timeout_s: float = 120) -> tuple[int, str, bool]:
         res = self.runner.run(cmd, timeout_s)
         return res.exit_code, res.text, res.timed_out
+
+    def env(self) -> str:
+        """Variables before a test command run at a tree's root: its import path first, then the instance's."""
+        return self.mat.pythonpath_prefix() + self.inst.env_prefix()
 
 
 def _tail(text: str, n: int = 1500) -> str:
@@ -149,7 +155,7 @@ def _changed_files(box: _Sandbox, root: Path) -> tuple[list[tuple[str, str]], st
 
 
 def _run_repro(box: _Sandbox, where: str, path: str, kind: str) -> dict[str, Any]:
-    env = box.inst.env_prefix()
+    env = box.env()
     quoted = shlex.quote(path)
     cmd = (f"{env}{box.inst.test_cmd} -q --rootdir . {quoted}" if kind == "pytest" else f"{env}python3 {quoted}")
     code, out, timed_out = box.sh(f"cd {where} && {cmd}", timeout_s=min(box.inst.timeout_s, 120))
@@ -182,8 +188,8 @@ def _reproduction(box: _Sandbox, changed: list[tuple[str, str]]) -> dict[str, An
                     "failed, exit 1; script: non-zero exit), and on the agent's code pass"}
 
 
-def _hidden_tests(box: _Sandbox, mat: Materialized) -> dict[str, Any]:
-    inst = box.inst
+def _hidden_tests(box: _Sandbox) -> dict[str, Any]:
+    inst, mat = box.inst, box.mat
     place = []
     for rel, data in mat.hidden.items():
         q = shlex.quote(rel)
@@ -192,7 +198,7 @@ def _hidden_tests(box: _Sandbox, mat: Materialized) -> dict[str, Any]:
             place.append(f"mkdir -p \"$(dirname agent/{q})\" && cp hidden/{q} agent/{q}")
     if place:
         box.sh(" && ".join(place))
-    cmd = (f"cd agent && {inst.env_prefix()}{inst.test_cmd} -rA --tb=short -q --rootdir . "
+    cmd = (f"cd agent && {box.env()}{inst.test_cmd} -rA --tb=short -q --rootdir . "
            + " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests)))
     code, out, timed_out = box.sh(cmd, timeout_s=inst.timeout_s)
     statuses = statuses_from_summary(out, inst.hidden_tests)
@@ -229,9 +235,11 @@ def stage_of(reproduced: bool, fixed: bool, tested: bool, pr_ok: bool) -> str:
     return "reproduced" if reproduced else "none"
 
 
-def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
-          sandbox: SandboxKind = "auto") -> VerifierResult:
-    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved)."""
+def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *, sandbox: SandboxKind = "auto",
+          toolchain: Toolchain | None = None) -> VerifierResult:
+    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved).
+
+    `toolchain` is the instance's environment (its interpreter runs every test command)."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bloodwork-repofix-") as tmp:
         root = Path(tmp)
@@ -242,12 +250,12 @@ def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
             if data is not None:
                 (root / "hidden" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / "hidden" / rel).write_bytes(data)
-        runner = CommandRunner(root, sandbox=sandbox)
+        runner = CommandRunner(root, sandbox=sandbox, toolchain=toolchain)
         try:
-            box = _Sandbox(runner, inst)
+            box = _Sandbox(runner, inst, mat)
             changed, stat, diff = _changed_files(box, root)
             repro = _reproduction(box, changed)
-            hidden = _hidden_tests(box, mat)
+            hidden = _hidden_tests(box)
         finally:
             runner.close()
         pr = check_pr(_read_pr(root))
