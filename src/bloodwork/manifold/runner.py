@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -54,20 +55,28 @@ class PidsCgroup:
 
     RLIMIT_NPROC alone is no limit for root (the kernel exempts uid 0), so where the pids controller
     is writable (root, cgroup v1 or v2) the whole sandbox goes into a cgroup of its own.
+
+    Its name is random, not derived from the object: a group that outlives its runner (its owner was
+    killed, or its last process took too long to die) must never be taken for the next runner's, which
+    would then find the name in use and silently run without a process limit.
     """
 
     ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+    REMOVE_WAIT_S = 5.0
 
     def __init__(self, limit: int) -> None:
         self.path: Path | None = None
         for root in self.ROOTS:
             if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
                 continue
-            path = root / f"bloodwork-{os.getpid()}-{id(self):x}"
+            path = root / f"bloodwork-{os.getpid()}-{secrets.token_hex(6)}"
             try:
                 path.mkdir()
-                (path / "pids.max").write_text(str(limit))
             except OSError:
+                continue
+            try:
+                (path / "pids.max").write_text(str(limit))
+            except OSError:  # this hierarchy has no pids controller: the group is ours to remove
                 with contextlib.suppress(OSError):
                     path.rmdir()
                 continue
@@ -83,7 +92,9 @@ class PidsCgroup:
         """Kill whatever is left in the group, then remove it (it must be empty to go)."""
         if self.path is None:
             return
-        for _ in range(50):
+        # Killed processes leave the group only once they have exited, which takes a while on a loaded machine.
+        deadline = time.monotonic() + self.REMOVE_WAIT_S
+        while True:
             try:
                 pids = (self.path / "cgroup.procs").read_text().split()
                 for pid in pids:
@@ -91,7 +102,11 @@ class PidsCgroup:
                         os.kill(int(pid), 9)
                 self.path.rmdir()
                 return
+            except FileNotFoundError:
+                return
             except OSError:
+                if time.monotonic() > deadline:
+                    return
                 time.sleep(0.02)
 
 
