@@ -253,8 +253,11 @@ def test_runs_on_two_nodes_equal_the_local_engines(cluster: Cluster, tmp_path: P
     assert all(r["outcome"] == "ok" and r["ship_bytes"] > 0 for r in ends)
     assert len({r["node_id"] for r in ends}) == 2, "the runs should spread over both nodes"
     assert not (ray_out / ".incoming").exists() and not (ray_out / "interrupted").exists()
+    # Each attempt's start is logged, also when it ended before the driver's poll saw it running.
+    starts = [r for r in log if r["event"] == "start"]
+    assert sorted((r["cell_id"], r["attempt"]) for r in starts) == sorted((r["cell_id"], r["attempt"]) for r in ends)
     # Each run wrote in its node's scratch, and the node deleted it once shipped.
-    wrote = [Path(r["run_dir"]) for r in log if r["event"] == "start"]
+    wrote = [Path(r["run_dir"]) for r in starts]
     assert wrote and all(p.is_relative_to(cluster.root / "scratch") and not p.exists() for p in wrote)
 
     # Started again with the same --out: every run is kept as it is, nothing is submitted.

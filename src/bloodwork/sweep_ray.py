@@ -370,8 +370,9 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             staging.parent.rmdir()
+    began = round(time.time(), 3)
     board.started.remote(key, {"node_id": node_id, "node_ip": node_ip, "pid": os.getpid(), "run_dir": str(run_dir),
-                               "resumed_from": resumed_from, "began": round(time.time(), 3)})
+                               "resumed_from": resumed_from, "began": began})
     sweep = _node_sweep(job, root)
     sweep._stopping = False  # the sweep object outlives attempts in this worker
     # `ray.cancel` arrives as SIGINT. Whenever it lands (the kernel installs its own handler only while
@@ -385,7 +386,7 @@ def run_attempt(job: Job, board: Any) -> dict[str, Any]:
     finally:
         signal.signal(signal.SIGINT, previous)
     answer: dict[str, Any] = {"result": result.model_dump(), "node_id": node_id, "node_ip": node_ip,
-                              "pid": os.getpid(), "resumed_from": resumed_from,
+                              "pid": os.getpid(), "resumed_from": resumed_from, "run_dir": str(run_dir), "began": began,
                               "run_s": round(time.perf_counter() - started, 4), "tar": None, "pack_s": None}
     if not job.shared_out:
         t = time.perf_counter()
@@ -641,13 +642,8 @@ class RaySweep:
         snapshot = self._snapshot
         for t in self._inflight.values():
             info = snapshot.get(t.key)
-            if info and not t.started:
-                t.started = True
-                self._seen[t.key] = info
-                self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="start",
-                                        node_id=info["node_id"], node_ip=info["node_ip"], pid=info["pid"],
-                                        resumed_from=info["resumed_from"], run_dir=info["run_dir"],
-                                        began=info["began"]))
+            if info:
+                self._started(t, info)
         self._ensure_hosts()
         if on_progress is None:
             return
@@ -664,6 +660,16 @@ class RaySweep:
         for label, n in live.items():
             nodes.setdefault(label, NodeCounts(label=label)).running = n
         on_progress(Progress(total=total, finished=len(self._results), nodes=nodes, running=running))
+
+    def _started(self, t: _Try, info: dict[str, Any]) -> None:
+        """Log where an attempt runs, once: from the board while it runs or, when it ended before a poll saw it
+        running (short runs on a busy driver), from its answer or its mirror when it ends."""
+        if t.started or not info.get("node_id"):
+            return
+        t.started = True
+        where = {k: info.get(k) for k in ("node_id", "node_ip", "pid", "resumed_from", "run_dir", "began")}
+        self._seen[t.key] = where
+        self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="start", **where))
 
     def _finish(self, result: RayCellResult, on_cell: Callable[[CellResult], None] | None) -> None:
         self._results.append(result)
@@ -690,6 +696,7 @@ class RaySweep:
             return
         fetch_s = time.perf_counter() - fetch
         self._board.take.remote(t.key)  # the run came back whole: the mirrored prefix is not needed
+        self._started(t, answer)
         result = CellResult.model_validate(answer["result"])
         place = time.perf_counter()
         try:
@@ -754,6 +761,7 @@ class RaySweep:
         """An attempt ended without a usable run: log it, keep what can be kept, retry while retries last."""
         ray = self._ray
         mirror = ray.get(self._board.take.remote(t.key), timeout=60) or self._seen.get(t.key) or {}
+        self._started(t, mirror)
         node_id, node_ip = node or (mirror.get("node_id"), mirror.get("node_ip"))
         outcome = _outcome(err) if not isinstance(err, SweepError) else "not verified"
         if outcome in ("node died", "node unavailable") and node_id:
