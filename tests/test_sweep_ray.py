@@ -173,7 +173,9 @@ def cluster() -> Iterator[Cluster]:
 
 # ---- comparing run directories, timestamps aside ----------------------------------------------------
 
-TIMING_KEY = re.compile(r"^(ts|hash|prev)$|_(s|ms|at)$")
+# Wall-clock keys: `ts`, durations (`_s`, `_ms`), datetimes (`_at`) and timestamps (`_ts`, a panic streak's
+# `first_ts`: which cells panic depends on their run ids, which depend on the tmp path).
+TIMING_KEY = re.compile(r"^(ts|hash|prev)$|_(s|ms|at|ts)$")
 TIMING_TEXT = re.compile(r"\b\d+(?:\.\d+)?s\b")
 
 
