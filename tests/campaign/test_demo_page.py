@@ -3,6 +3,7 @@ one-file HTML page of its sweep."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,5 +28,11 @@ def test_demo_piped_into_a_log_keeps_its_table_and_writes_its_page(tmp_path: Pat
     page = (out / "sweep.html").read_text()
     assert re.findall(r'<section id="(\w+)"', page) == ["failures", "runs", "traps", "evidence"]
     assert "http://" not in page and "https://" not in page
-    assert "died PAGE_FAULT" in page and 'href="evidence/deaths/' in page
+    # Which run dies, and of which trap, depends on the chaos drawn for its run id, and the run id holds the
+    # model spec, i.e. the checkout's path: the page must show each death the run manifests record.
+    died = [m for m in (json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/run.json")))
+            if m["status"] == "died"]
+    assert died, "the struggler died in no run"
+    for m in died:
+        assert f"died {m['cause_of_death']}" in page and f'href="evidence/deaths/{m["run_id"]}"' in page, m["run_id"]
     assert f"report page:       {out / 'sweep.html'}" in proc.stdout
