@@ -25,7 +25,8 @@ from typing import Any
 
 from bloodwork.manifold.runner import CommandRunner, SandboxKind
 from bloodwork.tasks.base import VerifierResult
-from bloodwork.tasks.repofix.instance import RepoFixInstance
+from bloodwork.tasks.hidden_tests import read_junit, report_path, statuses_for, trusted_command, verifier_mounts
+from bloodwork.tasks.repofix.instance import BASE_ENV, RepoFixInstance
 from bloodwork.tasks.repofix.sources import IGNORED, Materialized
 
 STAGES = ("none", "reproduced", "fixed", "tested", "pr_drafted")
@@ -192,10 +193,15 @@ def _hidden_tests(box: _Sandbox, mat: Materialized) -> dict[str, Any]:
             place.append(f"mkdir -p \"$(dirname agent/{q})\" && cp hidden/{q} agent/{q}")
     if place:
         box.sh(" && ".join(place))
-    cmd = (f"cd agent && {inst.env_prefix()}{inst.test_cmd} -rA --tb=short -q --rootdir . "
+    cmd = (f"cd agent && {inst.test_cmd} -rA --tb=short -q --rootdir . "
            + " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests)))
-    code, out, timed_out = box.sh(cmd, timeout_s=inst.timeout_s)
-    statuses = statuses_from_summary(out, inst.hidden_tests)
+    # Statuses come from pytest's JUnit report (returned by the sandbox), never from the output the
+    # agent's code can print into; the interpreter setup cannot be shadowed from agent/.
+    report = report_path()
+    res = box.runner.run(trusted_command(cmd, report, box.runner.kind, {**BASE_ENV, **inst.env}), inst.timeout_s,
+                         collect=report)
+    code, out, timed_out = res.exit_code, res.text, res.timed_out
+    statuses = statuses_for(read_junit(res.collected), inst.hidden_tests)
     f2p = {t: statuses[t] for t in inst.FAIL_TO_PASS}
     p2p = {t: statuses[t] for t in inst.PASS_TO_PASS}
     return {"FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p,
@@ -242,7 +248,7 @@ def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
             if data is not None:
                 (root / "hidden" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / "hidden" / rel).write_bytes(data)
-        runner = CommandRunner(root, sandbox=sandbox)
+        runner = CommandRunner(root, sandbox=sandbox, mounts=verifier_mounts(sandbox))
         try:
             box = _Sandbox(runner, inst)
             changed, stat, diff = _changed_files(box, root)
