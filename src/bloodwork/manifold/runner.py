@@ -320,8 +320,8 @@ class CommandRunner:
         binds = [(etc, etc) for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
                  if os.path.exists(etc)]
         # The interpreter that runs the server (and the agent's `python3`) lives outside /usr here.
-        binds += [(prefix, prefix) for prefix in sorted({sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix)})
-                  if not prefix.startswith("/usr")]
+        prefixes = {sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix)}
+        binds += [(prefix, prefix) for prefix in sorted(prefixes) if not prefix.startswith("/usr")]
         binds += [(str(src), dest) for src, dest in self.mounts]
         # bwrap (as root) makes missing parents of a mount point 0700: the sandbox user could not pass them.
         parents = {str(p) for _, dest in binds for p in Path(dest).parents if str(p) not in ("/", "/ws")}

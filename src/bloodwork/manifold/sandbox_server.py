@@ -35,7 +35,7 @@ QUOTA_FIRST_CHECK_S = 0.1
 
 def _prctl(libc, option, value):
     if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl({}) failed".format(option))
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
 def _drop(libc, init):
@@ -53,7 +53,7 @@ def _limited(req):
     limits = "ulimit -t {}; ulimit -v {}; ulimit -f {}; ulimit -c 0".format(
         int(req["cpu_s"]), req["mem_bytes"] // 1024, req["fsize_bytes"] // 512)
     if req.get("nproc"):
-        limits += "; ulimit -p {}".format(req["nproc"])
+        limits += f"; ulimit -p {req['nproc']}"
     return limits + "\n" + req["cmd"]
 
 
