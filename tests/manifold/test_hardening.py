@@ -5,6 +5,7 @@ bwrap, real processes and signals) and checks what a broken implementation would
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -143,8 +144,8 @@ def test_the_server_reply_pipe_cannot_be_opened_from_a_command(tmp_path: Path):
 
 def _forged_header(seq: int, kept: int) -> str:
     fake_sha = hashlib.sha256(b"hello").hexdigest()
-    head = ('{"collected": -1, "duration_s": 0.1, "exit": 0, "kept": %d, "over_quota": null, "seq": %d, '
-            '"sha256": "%s", "size": 5, "timed_out": false}' % (kept, seq, fake_sha))
+    head = json.dumps({"collected": -1, "duration_s": 0.1, "exit": 0, "kept": kept, "over_quota": None, "seq": seq,
+                       "sha256": fake_sha, "size": 5, "timed_out": False}, sort_keys=True)
     return head + " " + "0" * 64
 
 
