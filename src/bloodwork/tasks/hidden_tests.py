@@ -158,12 +158,14 @@ def _only_plain(folder: str, names: list[str]) -> set[str]:
 
 def verify_folder(workspace: Path, hidden: Path | None, command: str, timeout_s: float, *,
                   report: ReportKind = "junit", parent: CommandRunnerLike | None = None) -> VerifierResult:
-    """Run `command` on a copy of `workspace` with `hidden` at `hidden/`, in a sandbox of its own."""
+    """Run `command` on a copy of `workspace` with `hidden` at `hidden/`, in a sandbox of its own (unless
+    bwrap is missing or the run's own runner, `parent`, is unisolated)."""
     started = time.monotonic()
     stop = getattr(parent, "stop", None)
     path = report_path()
     hidden = hidden if hidden is not None and hidden.is_dir() else None
-    if bwrap_available():
+    # A run made unisolated on purpose (`sandbox: none`) is verified the same way.
+    if bwrap_available() and getattr(parent, "kind", "bwrap") != "none":
         mounts = [(workspace, "/src"), *verifier_mounts("bwrap")] + ([(hidden, "/ws/hidden")] if hidden else [])
         runner = CommandRunner(None, sandbox="bwrap", mounts=mounts, stop=stop)
         try:
