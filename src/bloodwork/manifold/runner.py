@@ -277,7 +277,8 @@ class CommandRunner:
                             "PYTHONDONTWRITEBYTECODE set" if isolated else "PATH, HOME, LANG, "
                             "PYTHONDONTWRITEBYTECODE only (the host is reachable otherwise)"),
             "user": (f"uid {SANDBOX_UID}, no capabilities, no_new_privs (the server drops from root before "
-                     "any command)" if self._owner else "the host user"),
+                     "any command)" if self._owner else "the host user, no capabilities" if isolated else
+                     "the host user"),
             "ptrace_and_setid": seccomp.DESCRIPTION if filtered else "not filtered",
             "setuid_files": ("refused by seccomp; nosuid mounts; setuid/setgid bits cleared from the workspace "
                              "at each start and at close" if filtered else
@@ -292,7 +293,8 @@ class CommandRunner:
                         "restarts the sandbox"),
             "limits": lim.model_dump(),
             "nproc_enforced_by": "pids cgroup" if self._cgroup.path else
-            ("RLIMIT_NPROC" if os.geteuid() != 0 else "nothing (root is exempt from RLIMIT_NPROC)"),
+            ("RLIMIT_NPROC (per uid, host-wide)" if os.geteuid() != 0 or self._owner
+             else "nothing (root is exempt from RLIMIT_NPROC)"),
             "process_group_kill": True, "restarts": self.restarts,
         }
 
