@@ -199,6 +199,8 @@ def test_tmp_is_a_capped_tmpfs(tmp_path: Path):
         res = runner.run("head -c 10000000 /dev/zero > /tmp/big; echo rc=$?; du -sb /tmp | cut -f1", 10)
         assert "No space left on device" in res.text and "rc=1" in res.text
         assert int(res.text.split()[-1]) <= 4_100_000
+        shm = runner.run("head -c 80000000 /dev/zero > /dev/shm/big; echo rc=$?", 10)
+        assert "No space left on device" in shm.text and "rc=1" in shm.text
     finally:
         runner.close()
 

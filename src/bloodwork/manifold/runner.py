@@ -49,6 +49,7 @@ _EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 SANDBOX_UID = 65534
 REPLY_GRACE_S = 3.0  # the server needs ~0.7 s past a timeout to kill, drain and answer; more under load
 MAX_HEADER_BYTES = 4096
+SHM_BYTES = 64 * 1024**2  # the sandbox's /dev/shm (a tmpfs, like /tmp)
 _POLL_S = 0.1  # how often a wait looks at the stop flag
 SandboxKind = Literal["auto", "bwrap", "none"]
 
@@ -283,7 +284,7 @@ class CommandRunner:
             "setuid_files": ("refused by seccomp; nosuid mounts; setuid/setgid bits cleared from the workspace "
                              "at each start and at close" if filtered else
                              "setuid/setgid bits cleared from the workspace at each start and at close"),
-            "tmp": f"tmpfs of {lim.tmp_bytes} bytes" if isolated else "host /tmp",
+            "tmp": f"tmpfs of {lim.tmp_bytes} bytes (/dev/shm: {SHM_BYTES})" if isolated else "host /tmp",
             "workspace_quota": (f"{lim.workspace_bytes} bytes: " + (
                 "an in-memory tmpfs of that size" if self.workspace is None else
                 "total size polled by the server while a command runs (first after 0.1 s); a command over it "
@@ -318,7 +319,9 @@ class CommandRunner:
             argv += ["--bind", str(self.workspace), "/ws"]
         argv += ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                  "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-                 "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp"]
+                 "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(lim.tmp_bytes), "--tmpfs", "/tmp",
+                 # multiprocessing's semaphores live here; bwrap's own /dev/shm is root's
+                 "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]
         binds = [(etc, etc) for etc in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime")
                  if os.path.exists(etc)]
         # The interpreter that runs the server (and the agent's `python3`) lives outside /usr here.
