@@ -155,6 +155,54 @@ def test_a_fifo_in_the_workspace_does_not_break_the_verifier(tmp_path: Path, mon
     assert result.details["passed"] == 1 and time.monotonic() - start < 60
 
 
+CALC_BUGGY = "def add(a, b):\n    return a - b\n"
+CALC_TESTS = "from calc import add\n\n\ndef test_zero():\n    assert add(0, 0) == 0\n"
+GOLD = "--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n def add(a, b):\n-    return a - b\n+    return a + b\n"
+TEST_PATCH = ("--- a/tests/test_calc.py\n+++ b/tests/test_calc.py\n@@ -3,3 +3,7 @@\n\n def test_zero():\n"
+              "     assert add(0, 0) == 0\n+\n+\n+def test_add():\n+    assert add(2, 3) == 5\n")
+# What the old verifier believed (-rA lines) and what the new one reads (a JUnit report), both forged.
+REPO_FORGER = FORGER.replace(
+    "'<testcase classname=\"hidden.test_x\" name=\"t%d\"/>' % i for i in range(40)",
+    "'<testcase classname=\"tests.test_calc\" name=\"%s\" file=\"tests/test_calc.py\"/>' % n "
+    "for n in (\"test_add\", \"test_zero\")").replace(
+    'print("4" * 5000',
+    'print("PASSED tests/test_calc.py::test_add\\nPASSED tests/test_calc.py::test_zero"); print("4"')
+
+
+@requires_bwrap
+def test_a_forged_pytest_does_not_fool_the_repo_fix_judge(tmp_path: Path):
+    from bloodwork.tasks.repofix import RepoFixInstance, RepoFixTask
+
+    repo = tmp_path / "calc"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "calc.py").write_text(CALC_BUGGY)
+    (repo / "tests" / "test_calc.py").write_text(CALC_TESTS)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "base"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    inst = RepoFixInstance(instance_id="calc-1", repo="me/calc", version="0.1", base_commit=commit,
+                           repo_dir=str(repo), problem_statement="add(2, 3) returns -1", patch=GOLD,
+                           test_patch=TEST_PATCH, FAIL_TO_PASS=["tests/test_calc.py::test_add"],
+                           PASS_TO_PASS=["tests/test_calc.py::test_zero"])
+    task = RepoFixTask(inst)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    try:
+        task.prepare(ws, seed=0)
+        (ws / "pytest.py").write_text(REPO_FORGER)
+        forged = task.verify(ws)
+        assert not forged.passed and forged.details["hidden_tests"]["FAIL_TO_PASS"] == {
+            "tests/test_calc.py::test_add": "FAILED"}, forged.summary
+        (ws / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+        fixed = task.verify(ws)  # the forgery is still there; the real fix passes on its own merits
+        assert fixed.passed and fixed.stage == "fixed", fixed.summary
+    finally:
+        task.close()
+
+
 KILLED_VERIFIER = '''import sys
 from pathlib import Path
 from bloodwork.tasks.registry import load_task
