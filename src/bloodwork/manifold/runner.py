@@ -373,6 +373,9 @@ class CommandRunner:
         except _Fault as err:
             self._kill_proc(proc)
             raise SandboxError(f"cannot start the sandbox: {err}") from err
+        except BaseException:
+            self._kill_proc(proc)
+            raise
         return proc
 
     def interrupt(self) -> None:
@@ -384,14 +387,14 @@ class CommandRunner:
         with self._lock:
             if self.stop.is_set():
                 raise CommandInterrupted("a stop was requested")
-            if self._proc is None or self._proc.poll() is not None:
-                if self._started:
-                    self.restarts += 1
-                self._kill()
-                self._proc = self._start()
-                self._started = True
             start = time.monotonic()
             try:
+                if self._proc is None or self._proc.poll() is not None:
+                    if self._started:
+                        self.restarts += 1
+                    self._kill()
+                    self._started = True
+                    self._proc = self._start()
                 return self._ask(self._proc, cmd, timeout_s, collect)
             except CommandInterrupted:
                 self._kill()
@@ -402,8 +405,8 @@ class CommandRunner:
                 return ExecResult(exit_code=-1, output=b"", size=0, sha256=_EMPTY_SHA, timed_out=err.timed_out,
                                   duration_s=round(time.monotonic() - start, 6), spawn_error=message, fault=message)
             except SandboxError as err:
-                # The command took the server down with it (e.g. `kill -9 $PPID`): that is the
-                # command's result, not a kernel failure. The next command gets a fresh sandbox.
+                # The command took the server down with it (e.g. `kill -9 $PPID`), or it would not start:
+                # that is the command's result, not a kernel failure. The next command gets a fresh sandbox.
                 self._kill()
                 return ExecResult(exit_code=-9, output=b"", size=0, sha256=_EMPTY_SHA, timed_out=False,
                                   duration_s=round(time.monotonic() - start, 6),
@@ -424,7 +427,9 @@ class CommandRunner:
                 raise SandboxError("the sandbox server died") from err
 
     def _wait(self, fd: int, deadline: float, *, write: bool = False) -> None:
-        """Until `fd` is ready; raises on a stop request or when the deadline passes."""
+        """Until `fd` is ready (or hung up); raises on a stop request or when the deadline passes."""
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
         while True:
             if self.stop.is_set():
                 raise CommandInterrupted("a stop was requested")
@@ -432,9 +437,7 @@ class CommandRunner:
             if left <= 0:
                 raise _Fault(f"the command server did not answer within {deadline - self._asked_at:.0f} s "
                              "(stopped, traced or hung)", timed_out=True)
-            ready = select.select([], [fd], [], min(left, _POLL_S)) if write else \
-                select.select([fd], [], [], min(left, _POLL_S))
-            if ready[0] or ready[1]:
+            if poller.poll(int(min(left, _POLL_S) * 1000) + 1):
                 return
 
     def _fill(self, fd: int, deadline: float) -> None:
@@ -449,7 +452,9 @@ class CommandRunner:
         fd = proc.stdout.fileno()
         self._asked_at = time.monotonic()
         deadline = self._asked_at + timeout_s + REPLY_GRACE_S
-        if self._buf or select.select([fd], [], [], 0)[0]:
+        pending = select.poll()
+        pending.register(fd, select.POLLIN)
+        if self._buf or any(ev & select.POLLIN for _, ev in pending.poll(0)):
             raise _Fault("bytes on the reply pipe before any request (garbage or a forged reply)")
         self._seq += 1
         lim = self.limits
