@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -236,8 +237,9 @@ def stage_of(reproduced: bool, fixed: bool, tested: bool, pr_ok: bool) -> str:
 
 
 def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
-          sandbox: SandboxKind = "auto") -> VerifierResult:
-    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved)."""
+          sandbox: SandboxKind = "auto", stop: threading.Event | None = None) -> VerifierResult:
+    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved).
+    `stop`: the run's stop event (SIGTERM), which kills a judgement in progress."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bloodwork-repofix-") as tmp:
         root = Path(tmp)
@@ -248,7 +250,7 @@ def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
             if data is not None:
                 (root / "hidden" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / "hidden" / rel).write_bytes(data)
-        runner = CommandRunner(root, sandbox=sandbox, mounts=verifier_mounts(sandbox))
+        runner = CommandRunner(root, sandbox=sandbox, mounts=verifier_mounts(sandbox), stop=stop)
         try:
             box = _Sandbox(runner, inst)
             changed, stat, diff = _changed_files(box, root)

@@ -81,7 +81,8 @@ class RepoFixTask:
 
     def verify(self, workspace: Path, runner: CommandRunnerLike | None = None) -> VerifierResult:
         """Judged in a copy, in a sandbox of its own; the run's sandbox is not used."""
-        return judge(self.inst, self.materialized(), workspace, sandbox=self.sandbox)
+        return judge(self.inst, self.materialized(), workspace, sandbox=self.sandbox,
+                     stop=getattr(runner, "stop", None))
 
     def close(self) -> None:
         if self._tmp is not None:
