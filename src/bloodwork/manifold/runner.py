@@ -21,7 +21,6 @@ The host side of the command server (`sandbox_server.py`). What holds, and by wh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import json
 import os
@@ -441,7 +440,7 @@ class CommandRunner:
 
     def _fill(self, fd: int, deadline: float) -> None:
         self._wait(fd, deadline)
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.read(fd, 65536)  # bigger costs an allocation per read; replies are small
         if not chunk:
             raise SandboxError("the sandbox server died")
         self._buf += chunk
@@ -479,7 +478,7 @@ class CommandRunner:
             self._fill(fd, body_deadline)
         payload = bytes(self._buf[:need])
         del self._buf[:need]
-        expected = hmac.new(self._secret, head + b"\n" + payload, hashlib.sha256).hexdigest().encode()
+        expected = hmac.digest(self._secret, head + b"\n" + payload, "sha256").hex().encode()
         if not hmac.compare_digest(expected, mac):
             raise _Fault("a reply whose MAC does not match (a forged reply)")
         if self._buf:

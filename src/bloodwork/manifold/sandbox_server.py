@@ -189,7 +189,7 @@ def main():
         header["seq"] = req["seq"]
         payload = body + (collected or b"")
         head = json.dumps(header, sort_keys=True).encode()
-        mac = hmac.new(key, head + b"\n" + payload, hashlib.sha256).hexdigest().encode()
+        mac = hmac.digest(key, head + b"\n" + payload, "sha256").hex().encode()
         out.write(head + b" " + mac + b"\n" + payload)
         out.flush()
 
