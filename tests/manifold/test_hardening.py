@@ -185,7 +185,7 @@ def test_an_interrupt_kills_a_waiting_command_at_once(tmp_path: Path):
         start = time.monotonic()
         with pytest.raises(CommandInterrupted):
             runner.run("sleep 60", 100)
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 3  # 0.5 s, then a kill: far from the 60 s sleep and 100 s timeout
         with pytest.raises(CommandInterrupted):
             runner.run("echo never", 10)
     finally:
@@ -258,6 +258,7 @@ def test_kill_9_of_the_owner_leaves_no_pids_cgroup_behind(tmp_path: Path):
     line = proc.stdout.readline().strip()
     proc.kill()
     proc.wait()
+    proc.stdout.close()
     if line == "None":
         pytest.skip("no writable pids cgroup here")
     left = Path(line)

@@ -229,6 +229,7 @@ def test_a_kill_during_verification_leaves_no_copy_of_the_hidden_tests(tmp_path:
     assert proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    proc.stdout.close()
     time.sleep(0.5)
     assert list(scratch.rglob("*")) == []
     assert not any(p.name == "test_slow_marker.py" for p in Path("/tmp").glob("bloodwork-*/**/*"))
