@@ -17,6 +17,7 @@ from bloodwork.chronos.journal import read_events, verify
 from tests.conftest import Runner, events, frame, requires_bwrap
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_fifos_a_stopped_server_and_a_flood_are_traps_and_the_run_goes_on(runner: Runner) -> None:
     ops = [
@@ -66,6 +67,7 @@ def policy(call, messages):
 '''
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_a_run_cleanly_while_a_long_command_runs(runner: Runner, sig: signal.Signals) -> None:

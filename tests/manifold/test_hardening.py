@@ -34,6 +34,7 @@ def _setid_files(root: Path) -> list[str]:
             if not p.is_symlink() and p.lstat().st_mode & (stat.S_ISUID | stat.S_ISGID)]
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_no_host_variable_reaches_any_process_in_the_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
@@ -64,6 +65,7 @@ def test_commands_without_bwrap_get_no_host_variable_either(tmp_path: Path, monk
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 @root_only
 def test_commands_run_unprivileged_and_cannot_plant_setuid_files(tmp_path: Path):
@@ -101,6 +103,7 @@ def test_without_bwrap_a_setuid_file_does_not_survive_the_run(tmp_path: Path):
     assert _setid_files(ws) == []  # ...but the bits are gone when it closes
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_ptrace_is_refused_and_pid_1_cannot_be_stopped(tmp_path: Path):
     runner = _runner(tmp_path)
@@ -117,6 +120,7 @@ def test_ptrace_is_refused_and_pid_1_cannot_be_stopped(tmp_path: Path):
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_a_stopped_server_is_killed_and_replaced_within_the_timeout(tmp_path: Path):
     runner = _runner(tmp_path)
@@ -131,6 +135,7 @@ def test_a_stopped_server_is_killed_and_replaced_within_the_timeout(tmp_path: Pa
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_the_server_reply_pipe_cannot_be_opened_from_a_command(tmp_path: Path):
     runner = _runner(tmp_path)
@@ -176,6 +181,7 @@ def test_a_lying_server_is_caught_and_replaced(tmp_path: Path, payload: str, why
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_an_interrupt_kills_a_waiting_command_at_once(tmp_path: Path):
     runner = _runner(tmp_path)
@@ -192,6 +198,7 @@ def test_an_interrupt_kills_a_waiting_command_at_once(tmp_path: Path):
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_tmp_is_a_capped_tmpfs(tmp_path: Path):
     runner = _runner(tmp_path, tmp_bytes=4_000_000)
@@ -205,6 +212,7 @@ def test_tmp_is_a_capped_tmpfs(tmp_path: Path):
         runner.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_a_command_that_fills_the_workspace_past_its_quota_is_killed(tmp_path: Path):
     runner = _runner(tmp_path, workspace_bytes=5_000_000)
@@ -243,6 +251,7 @@ def test_file_ops_refuse_fifos_sockets_and_devices_without_hanging(tmp_path: Pat
     sock.close()
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_kill_9_of_the_owner_leaves_no_pids_cgroup_behind(tmp_path: Path):
     import subprocess

@@ -68,6 +68,7 @@ def _prepared(task: Any, root: Path) -> Path:
     return root
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_forged_pytest_sitecustomize_pth_and_conftest_do_not_pass_the_verifier(ledger: Any, tmp_path: Path):
     ws = _prepared(ledger, tmp_path / "ws")
@@ -81,6 +82,7 @@ def test_forged_pytest_sitecustomize_pth_and_conftest_do_not_pass_the_verifier(l
     assert "4444" not in result.summary and len(result.summary) < 200
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_the_agent_sees_the_verdict_never_the_hidden_tests(ledger: Any, tmp_path: Path):
     """The agent's package prints every hidden test file when the hidden suite imports it, then halts."""
@@ -136,7 +138,7 @@ def test_a_missing_huge_or_hostile_report_is_a_failed_verdict_not_a_crash(data: 
     assert sum(parsed.counts.values()) == 0
 
 
-@pytest.mark.parametrize("sandboxed", [True, False])
+@pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=pytest.mark.bwrap), False])
 def test_a_fifo_in_the_workspace_does_not_break_the_verifier(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               sandboxed: bool):
     if sandboxed and not hidden_tests.bwrap_available():
@@ -169,6 +171,7 @@ REPO_FORGER = FORGER.replace(
     'print("PASSED tests/test_calc.py::test_add\\nPASSED tests/test_calc.py::test_zero"); print("4"')
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_a_forged_pytest_does_not_fool_the_repo_fix_judge(tmp_path: Path):
     from bloodwork.tasks.repofix import RepoFixInstance, RepoFixTask
@@ -212,6 +215,7 @@ task.verify(Path(sys.argv[2]))
 '''
 
 
+@pytest.mark.bwrap
 @requires_bwrap
 def test_a_kill_during_verification_leaves_no_copy_of_the_hidden_tests(tmp_path: Path):
     folder = make_task(tmp_path)
