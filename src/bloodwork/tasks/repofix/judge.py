@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,6 +27,7 @@ from typing import Any
 from bloodwork.manifold.runner import CommandRunner, SandboxKind
 from bloodwork.manifold.toolchain import Toolchain
 from bloodwork.tasks.base import VerifierResult
+from bloodwork.tasks.hidden_tests import read_junit, report_path, statuses_for, trusted_command, verifier_mounts
 from bloodwork.tasks.repofix.instance import RepoFixInstance
 from bloodwork.tasks.repofix.sources import IGNORED, Materialized
 
@@ -198,10 +200,16 @@ def _hidden_tests(box: _Sandbox) -> dict[str, Any]:
             place.append(f"mkdir -p \"$(dirname agent/{q})\" && cp hidden/{q} agent/{q}")
     if place:
         box.sh(" && ".join(place))
-    cmd = (f"cd agent && {box.env()}{inst.test_cmd} -rA --tb=short -q --rootdir . "
+    cmd = (f"cd agent && {inst.test_cmd} -rA --tb=short -q --rootdir . "
            + " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests)))
-    code, out, timed_out = box.sh(cmd, timeout_s=inst.timeout_s)
-    statuses = statuses_from_summary(out, inst.hidden_tests)
+    # Statuses come from pytest's JUnit report (returned by the sandbox), never from the output the
+    # agent's code can print into; the interpreter setup cannot be shadowed from agent/. The instance's
+    # import path (relative to agent/, where pytest starts) is put first by the verifier's plugin.
+    report = report_path()
+    env = {**inst.env, "PYTHONPATH": ":".join(mat.pythonpath)}
+    res = box.runner.run(trusted_command(cmd, report, box.runner.kind, env), inst.timeout_s, collect=report)
+    code, out, timed_out = res.exit_code, res.text, res.timed_out
+    statuses = statuses_for(read_junit(res.collected), inst.hidden_tests)
     f2p = {t: statuses[t] for t in inst.FAIL_TO_PASS}
     p2p = {t: statuses[t] for t in inst.PASS_TO_PASS}
     return {"FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p,
@@ -236,10 +244,11 @@ def stage_of(reproduced: bool, fixed: bool, tested: bool, pr_ok: bool) -> str:
 
 
 def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *, sandbox: SandboxKind = "auto",
-          toolchain: Toolchain | None = None) -> VerifierResult:
+          toolchain: Toolchain | None = None, stop: threading.Event | None = None) -> VerifierResult:
     """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved).
 
-    `toolchain` is the instance's environment (its interpreter runs every test command)."""
+    `toolchain` is the instance's environment (its interpreter runs every test command); `stop` is the
+    run's stop event (SIGTERM), which kills a judgement in progress."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bloodwork-repofix-") as tmp:
         root = Path(tmp)
@@ -250,7 +259,7 @@ def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *, sandbox:
             if data is not None:
                 (root / "hidden" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / "hidden" / rel).write_bytes(data)
-        runner = CommandRunner(root, sandbox=sandbox, toolchain=toolchain)
+        runner = CommandRunner(root, sandbox=sandbox, mounts=verifier_mounts(sandbox), stop=stop, toolchain=toolchain)
         try:
             box = _Sandbox(runner, inst, mat)
             changed, stat, diff = _changed_files(box, root)
