@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -50,6 +51,32 @@ def _kind(mode: int) -> str:
     if stat.S_ISSOCK(mode):
         return "a socket"
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
+def copy_plain_tree(src: Path, dst: Path, *, skip_names: tuple[str, ...] = ()) -> list[str]:
+    """Copy a workspace: directories, regular files and symlinks (as links); FIFOs, sockets and devices the
+    agent made are left out (`shutil.copytree` blocks on or fails at them). Returns what was left out,
+    relative to `src`. Entries named in `skip_names` are left out too, and not reported."""
+    left_out: list[str] = []
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skip = set()
+        for name in names:
+            if name in skip_names:
+                skip.add(name)
+                continue
+            try:
+                mode = os.lstat(os.path.join(folder, name)).st_mode
+            except OSError:  # gone meanwhile
+                skip.add(name)
+                continue
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                skip.add(name)
+                left_out.append(os.path.relpath(os.path.join(folder, name), src))
+        return skip
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+    return sorted(left_out)
 
 
 def _inherit_owner(name: str, dir_fd: int) -> None:

@@ -26,7 +26,6 @@ import os
 import secrets
 import shlex
 import shutil
-import stat
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from bloodwork.manifold.runner import CommandRunner, ExecResult, SandboxKind, bwrap_available
+from bloodwork.manifold.workspace import copy_plain_tree
 from bloodwork.tasks.base import CommandRunnerLike, VerifierResult
 
 REPORT_MAX_BYTES = 4 * 1024 * 1024
@@ -141,21 +141,6 @@ def _verdict(res: ExecResult, kind: ReportKind, started: float) -> VerifierResul
                           duration_s=round(time.monotonic() - started, 3))
 
 
-def _only_plain(folder: str, names: list[str]) -> set[str]:
-    """copytree's ignore: FIFOs, sockets and devices are left out (copying them would block or fail)."""
-    skip = set()
-    for name in names:
-        try:
-            mode = os.lstat(os.path.join(folder, name)).st_mode
-        except OSError:
-            skip.add(name)
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)) \
-                or name in ("__pycache__", ".pytest_cache"):
-            skip.add(name)
-    return skip
-
-
 def verify_folder(workspace: Path, hidden: Path | None, command: str, timeout_s: float, *,
                   report: ReportKind = "junit", parent: CommandRunnerLike | None = None) -> VerifierResult:
     """Run `command` on a copy of `workspace` with `hidden` at `hidden/`, in a sandbox of its own (unless
@@ -178,7 +163,7 @@ def verify_folder(workspace: Path, hidden: Path | None, command: str, timeout_s:
     # No bwrap: nothing is isolated anyway (the agent's commands could read the hidden tests); a host copy.
     with tempfile.TemporaryDirectory(prefix="bloodwork-verify-") as tmp:
         copy = Path(tmp) / "ws"
-        shutil.copytree(workspace, copy, symlinks=True, ignore=_only_plain)
+        copy_plain_tree(workspace, copy, skip_names=("__pycache__", ".pytest_cache"))
         if hidden:
             planted = copy / "hidden"
             if planted.is_dir() and not planted.is_symlink():
