@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import psutil
 import pytest
 
 from bloodwork.manifold.runner import REPLY_GRACE_S, CommandInterrupted, CommandRunner, Limits, PidsCgroup
+from bloodwork.manifold.toolchain import Toolchain
 from bloodwork.manifold.workspace import IOFault, PageFault, Workspace
 from tests.conftest import requires_bwrap
 
@@ -277,3 +280,34 @@ def test_kill_9_of_the_owner_leaves_no_pids_cgroup_behind(tmp_path: Path):
         assert not left.exists()
     finally:
         group.remove()
+
+
+@pytest.mark.bwrap
+@requires_bwrap
+@root_only
+def test_a_toolchain_in_a_private_folder_is_usable_by_the_unprivileged_sandbox_user(tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch):
+    # Where per-instance environments live (~/.cache under a 0700 /root): only the mounts can let uid 65534 in.
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    venv = private / ".cache" / "envs" / "x" / "venv"
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    tools = Toolchain(bin_dir=str(venv / "bin"), prefixes=(str(venv), sys.base_prefix),
+                      env={"VIRTUAL_ENV": str(venv)}, pythonpath=("src",))
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "mod.py").write_text("WHERE = __file__\n")
+    runner = CommandRunner(ws, sandbox="bwrap", toolchain=tools)
+    try:
+        res = runner.run("id -u; command -v python3; python3 -c 'import sys, mod; print(sys.prefix); "
+                         "print(mod.WHERE)'; echo \"$VIRTUAL_ENV|$PYTHONPATH\"; env", 20)
+        lines = res.text.splitlines()
+        assert res.exit_code == 0, res.text
+        assert lines[:5] == ["65534", f"{venv}/bin/python3", str(venv), "/ws/src/mod.py", f"{venv}|/ws/src"]
+        assert FAKE_KEY not in res.text, "the toolchain's variables are added to an empty environment, nothing else"
+        assert runner.describe()["toolchain"]["bin_dir"] == str(venv / "bin")
+        assert runner.run(f"touch {venv}/x", 10).exit_code != 0, "the environment is mounted read-only"
+    finally:
+        runner.close()
