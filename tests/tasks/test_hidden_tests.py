@@ -171,37 +171,63 @@ REPO_FORGER = FORGER.replace(
     'print("PASSED tests/test_calc.py::test_add\\nPASSED tests/test_calc.py::test_zero"); print("4"')
 
 
+# In the base repository: the judge must run the instance's own interpreter (its venv, which has pytest and
+# nothing of bloodwork's: typer is one of bloodwork's dependencies).
+OWN_ENV_TEST = """import importlib.util, os, sys
+
+
+def test_own_env():
+    assert sys.prefix == os.environ["VIRTUAL_ENV"] and importlib.util.find_spec("typer") is None
+"""
+
+
+def _python_here(version: str | None) -> str | None:
+    from bloodwork.tasks.repofix.env import EnvError, find_python
+
+    try:
+        return find_python(version).version
+    except EnvError as err:
+        pytest.skip(str(err))
+
+
 @pytest.mark.bwrap
 @requires_bwrap
-def test_a_forged_pytest_does_not_fool_the_repo_fix_judge(tmp_path: Path):
+@pytest.mark.parametrize("python", [None, "3.10"], ids=["bloodworks-python", "python3.10"])
+def test_a_forged_pytest_does_not_fool_the_repo_fix_judge(tmp_path: Path, python: str | None):
+    """Python 3.10 ignores PYTHONSAFEPATH: the verifier's sitecustomize keeps the workspace out instead."""
     from bloodwork.tasks.repofix import RepoFixInstance, RepoFixTask
 
+    version = _python_here(python)
     repo = tmp_path / "calc"
     (repo / "tests").mkdir(parents=True)
     (repo / "calc.py").write_text(CALC_BUGGY)
     (repo / "tests" / "test_calc.py").write_text(CALC_TESTS)
+    (repo / "tests" / "test_env.py").write_text(OWN_ENV_TEST)
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "base"]):
         subprocess.run(["git", *args], cwd=repo, env=env, check=True)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
                             text=True).stdout.strip()
-    inst = RepoFixInstance(instance_id="calc-1", repo="me/calc", version="0.1", base_commit=commit,
+    inst = RepoFixInstance(instance_id="calc-1", repo="me/calc", version="0.1", base_commit=commit, python=python,
                            repo_dir=str(repo), problem_statement="add(2, 3) returns -1", patch=GOLD,
                            test_patch=TEST_PATCH, FAIL_TO_PASS=["tests/test_calc.py::test_add"],
-                           PASS_TO_PASS=["tests/test_calc.py::test_zero"])
+                           PASS_TO_PASS=["tests/test_calc.py::test_zero", "tests/test_env.py::test_own_env"])
     task = RepoFixTask(inst)
     ws = tmp_path / "ws"
     ws.mkdir()
     try:
         task.prepare(ws, seed=0)
+        assert task.environment().info["python"] == version
         (ws / "pytest.py").write_text(REPO_FORGER)
+        (ws / "pluggy.py").write_text(REPO_FORGER)
         forged = task.verify(ws)
         assert not forged.passed and forged.details["hidden_tests"]["FAIL_TO_PASS"] == {
             "tests/test_calc.py::test_add": "FAILED"}, forged.summary
         (ws / "calc.py").write_text("def add(a, b):\n    return a + b\n")
         fixed = task.verify(ws)  # the forgery is still there; the real fix passes on its own merits
-        assert fixed.passed and fixed.stage == "fixed", fixed.summary
+        assert fixed.passed and fixed.stage == "fixed", (fixed.summary, fixed.details["hidden_tests"]["output_tail"])
+        assert fixed.details["hidden_tests"]["PASS_TO_PASS"]["tests/test_env.py::test_own_env"] == "PASSED"
     finally:
         task.close()
 

@@ -6,8 +6,9 @@ the agent cannot write. Used by the folder tasks (long-haul) and the repo-fix ju
   `pytest.py` is never imported), `PYTHONNOUSERSITE=1`, HOME outside the workspace and PYTHONPATH holding
   only our plugin folder (read-only), so a workspace `sitecustomize.py`, `usercustomize.py` or `.pth` file
   is never on the startup path either. The plugin (`pytest_plugin/bloodwork_cwd_first.py`) puts the working
-  directory first once pytest is loaded, as `python -m pytest` would. The sandbox's PATH holds the
-  interpreter's own directory and the system, never the workspace.
+  directory first once pytest is loaded, as `python -m pytest` would. Python < 3.11 ignores PYTHONSAFEPATH:
+  the plugin folder's `sitecustomize.py` does its job there. The sandbox's PATH holds the interpreter's own
+  directory (a task's own environment, with a `Toolchain`) and the system, never the workspace.
 - The verdict is read from a JUnit XML report pytest writes in the sandbox's `/tmp` and the command server
   returns after the command (at most REPORT_MAX_BYTES), never from the command's output: a workspace file
   that prints "40 passed" proves nothing. Counts are numbers of `testcase` elements, so no number the agent

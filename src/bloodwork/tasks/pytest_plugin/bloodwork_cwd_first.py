@@ -11,6 +11,8 @@ environment they would have had.
 import os
 import sys
 
+# Python < 3.11: our sitecustomize kept the working directory out of imports until now (see there).
+getattr(sys.modules.get("sitecustomize"), "release_safe_path", lambda: None)()
 _late = [os.path.abspath(p) for p in os.environ.pop("BLOODWORK_PYTHONPATH", "").split(os.pathsep) if p]
 for _entry in reversed([os.getcwd(), *_late]):
     if _entry in sys.path:
