@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bloodwork.manifold.runner import CommandRunner, SandboxKind
+from bloodwork.manifold.runner import CommandRunner, ExecResult, SandboxKind
 from bloodwork.manifold.toolchain import Toolchain
 from bloodwork.tasks.base import VerifierResult
 from bloodwork.tasks.hidden_tests import read_junit, report_path, statuses_for, trusted_command, verifier_mounts
@@ -58,23 +58,6 @@ def repro_kind(path: str) -> str | None:
     if _TEST_NAME.match(name) and name != "conftest.py":
         return "pytest"
     return None
-
-
-_STATUS_LINE = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (.+)$")
-
-
-def statuses_from_summary(output: str, wanted: list[str]) -> dict[str, str]:
-    """Each wanted test id's status from pytest's `-rA` summary; `missing` when pytest never named it."""
-    seen: dict[str, str] = {}
-    for line in output.splitlines():
-        m = _STATUS_LINE.match(line.rstrip())
-        if not m:
-            continue
-        status, rest = m.groups()
-        for test in wanted:
-            if rest == test or rest.startswith(test + " - "):
-                seen.setdefault(test, status)
-    return {t: seen.get(t, "missing") for t in wanted}
 
 
 def pytest_selectors(tests: list[str]) -> list[str]:
@@ -190,6 +173,20 @@ def _reproduction(box: _Sandbox, changed: list[tuple[str, str]]) -> dict[str, An
                     "failed, exit 1; script: non-zero exit), and on the agent's code pass"}
 
 
+def run_hidden_tests(runner: CommandRunner, inst: RepoFixInstance, mat: Materialized, tree: str,
+                     args: str) -> tuple[str, ExecResult, dict[str, str]]:
+    """`test_cmd ARGS` at `tree` (a folder of the runner's workspace) as the judge runs the hidden tests, and
+    `tasks validate` too: the command, its result and each hidden test's status. Statuses come from
+    pytest's JUnit report (returned by the sandbox), never from the output the agent's code can print into;
+    the interpreter setup cannot be shadowed from the tree; the instance's import path (relative to the
+    tree, where pytest starts) is put first by the verifier's plugin. The runner needs `verifier_mounts`."""
+    cmd = f"cd {tree} && {inst.test_cmd} {args}"
+    report = report_path()
+    env = {**inst.env, "PYTHONPATH": ":".join(mat.pythonpath)}
+    res = runner.run(trusted_command(cmd, report, runner.kind, env), inst.timeout_s, collect=report)
+    return cmd, res, statuses_for(read_junit(res.collected), inst.hidden_tests)
+
+
 def _hidden_tests(box: _Sandbox) -> dict[str, Any]:
     inst, mat = box.inst, box.mat
     place = []
@@ -200,16 +197,9 @@ def _hidden_tests(box: _Sandbox) -> dict[str, Any]:
             place.append(f"mkdir -p \"$(dirname agent/{q})\" && cp hidden/{q} agent/{q}")
     if place:
         box.sh(" && ".join(place))
-    cmd = (f"cd agent && {inst.test_cmd} -rA --tb=short -q --rootdir . "
-           + " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests)))
-    # Statuses come from pytest's JUnit report (returned by the sandbox), never from the output the
-    # agent's code can print into; the interpreter setup cannot be shadowed from agent/. The instance's
-    # import path (relative to agent/, where pytest starts) is put first by the verifier's plugin.
-    report = report_path()
-    env = {**inst.env, "PYTHONPATH": ":".join(mat.pythonpath)}
-    res = box.runner.run(trusted_command(cmd, report, box.runner.kind, env), inst.timeout_s, collect=report)
+    selectors = " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests))
+    _, res, statuses = run_hidden_tests(box.runner, inst, mat, "agent", f"-rA --tb=short -q --rootdir . {selectors}")
     code, out, timed_out = res.exit_code, res.text, res.timed_out
-    statuses = statuses_for(read_junit(res.collected), inst.hidden_tests)
     f2p = {t: statuses[t] for t in inst.FAIL_TO_PASS}
     p2p = {t: statuses[t] for t in inst.PASS_TO_PASS}
     return {"FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p,
