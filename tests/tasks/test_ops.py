@@ -20,7 +20,7 @@ from bloodwork.manifold.runner import CommandRunner, bwrap_available
 from bloodwork.tasks.base import TaskError
 from bloodwork.tasks.ops import PORT, OpsTask, inject_tick_for, load_scenario, scenario_names, sentinels_for
 from bloodwork.tasks.ops.netns import make_unreachable, unavailable
-from bloodwork.tasks.ops.task import AUDIT_HOST, DATA_DIR, NETWORK_FAULTS
+from bloodwork.tasks.ops.task import AUDIT_HOST, DATA_DIR, NETWORK_FAULTS, helper
 from bloodwork.tasks.registry import load_task
 
 pytestmark = pytest.mark.skipif(not bwrap_available(), reason="the service runs in the bwrap sandbox")
@@ -226,3 +226,12 @@ def test_scripted_expert_recovers_every_scenario_through_the_cli(tmp_path: Path,
              if json.loads(line)["kind"] == "chaos"]
     assert [c["data"]["kind"] for c in chaos] == [load_scenario(scenario).fault]
     assert chaos[0]["tick"] == inject_tick_for(SEED, scenario)
+
+
+def test_the_helper_does_not_import_what_the_agent_left_in_the_workspace(tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text("raise SystemExit('the agent stands in for json')\n")
+    runner = CommandRunner(tmp_path, sandbox="bwrap")
+    try:
+        assert helper(runner, "kill_pids", pids=[]) == {"killed": []}
+    finally:
+        runner.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bloodwork.manifold.runner import bwrap_available
+from bloodwork.manifold.runner import CommandRunner, bwrap_available
 from bloodwork.tasks.repofix import (
     EnvError,
     InstanceError,
@@ -191,6 +191,29 @@ def test_environment_built_once_and_a_half_built_one_redone(tmp_path: Path) -> N
     assert other.root != first.root, "other requirements, another environment"
     with pytest.raises(EnvError, match="python 3.99: no such interpreter"):
         find_python("3.99")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the sandbox then runs as uid 65534)")
+def test_an_environment_built_under_a_strict_umask_is_usable_in_the_sandbox(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    inst = RepoFixInstance.model_validate({
+        "instance_id": "tiny-1", "repo": "me/umask", "version": "1", "base_commit": "c", "repo_dir": str(tmp_path),
+        "problem_statement": "p", "FAIL_TO_PASS": ["tests/test_t.py::test_t"], "patch": "x", "test_patch": "y"})
+    old = os.umask(0o077)
+    try:
+        env = ensure_env(inst, base, root=tmp_path / "envs")
+    finally:
+        os.umask(old)
+    private = [p for p in env.venv.rglob("*") if not p.is_symlink() and not p.stat().st_mode & 0o004]
+    assert not private, private[:5]
+    runner = CommandRunner(tmp_path / "ws", sandbox="bwrap", toolchain=env.toolchain())
+    (tmp_path / "ws").mkdir()
+    try:
+        res = runner.run("id -u; python3 -c 'import pytest, sys; print(sys.prefix)'", 30)
+    finally:
+        runner.close()
+    assert res.exit_code == 0 and res.text.split() == ["65534", str(env.venv)], res.text
 
 
 @pytest.fixture(autouse=True)

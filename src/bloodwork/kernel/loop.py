@@ -55,7 +55,7 @@ from bloodwork.isa import (
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.effects import Outcome, World, trap_outcome
 from bloodwork.kernel.traps import Detectors, TrapKind, digest, fingerprint
-from bloodwork.manifold.runner import CommandRunner, SandboxError
+from bloodwork.manifold.runner import CommandInterrupted, CommandRunner, SandboxError
 from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
 from bloodwork.oracles.base import CallInfo, Completion, Oracle
 from bloodwork.oracles.chaotic import ChaoticOracle
@@ -320,6 +320,12 @@ class Kernel:
                     self._end(RunStatus.MAX_TICKS, None)
                     break
                 self.step()
+        except CommandInterrupted:
+            # SIGTERM/SIGINT killed a waiting command: the tick in flight is dropped whole (resume re-asks
+            # it). Had the tick committed already (a final verification was cut), `resume` finishes it.
+            self.journal.discard()
+            if self.R.status == RunStatus.RUNNING:
+                self._end(RunStatus.INTERRUPTED, None)
         except Exception as err:
             self._crash(err)
             raise KernelCrash(f"kernel crashed at tick {self.R.tick}: {err!r}; see {self.paths.crash_report}") from err
@@ -332,6 +338,7 @@ class Kernel:
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         self._stop_reason = signal.Signals(signum).name
+        self.runner.interrupt()  # a command (or verification) waiting now is killed at once
 
     def result(self) -> RunResult:
         return RunResult(run_id=self.manifest.run_id, run_dir=str(self.paths.root), status=self.R.status,

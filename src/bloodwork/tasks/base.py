@@ -1,12 +1,12 @@
 """The task protocol: a goal, a workspace to prepare, a hidden verifier, metadata.
 
-A task never shows its verifier to the agent: hidden tests live outside the workspace and are copied
-next to a *copy* of the workspace only when a halt is verified, inside the sandbox.
+A task never shows its verifier to the agent: hidden tests live outside the workspace and are placed next
+to a *copy* of the workspace only when a halt is verified, inside a sandbox of the verifier's own; the
+agent sees the verdict (`summary`), never the tests or their output.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,16 +64,3 @@ class Task(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-_PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|error|errors|skipped)")
-
-
-def pytest_counts(output: str) -> dict[str, int]:
-    """Counts from pytest's closing line (`3 failed, 5 passed in 0.1s`)."""
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    tail = "\n".join(output.strip().splitlines()[-3:])
-    for num, word in _PYTEST_COUNT.findall(tail):
-        key = "errors" if word.startswith("error") else word
-        counts[key] += int(num)
-    return counts

@@ -107,9 +107,10 @@ def _now() -> tuple[float, str]:
 
 
 def helper(runner: CommandRunnerLike, action: str, timeout_s: float = 30, **args: Any) -> dict[str, Any]:
-    """Run one helper action in the sandbox; its last output line is the JSON answer."""
+    """Run one helper action in the sandbox; its last output line is the JSON answer. `-I`: the workspace is
+    the working directory, and a `json.py` or `sqlite3/` the agent left there must not stand in for ours."""
     payload = shlex.quote(json.dumps({"action": action, **args}))
-    res = runner.run(f"python3 - {payload} <<'BLOODWORK_HELPER'\n{HELPER_SOURCE}\nBLOODWORK_HELPER", timeout_s)
+    res = runner.run(f"python3 -I - {payload} <<'BLOODWORK_HELPER'\n{HELPER_SOURCE}\nBLOODWORK_HELPER", timeout_s)
     lines = res.text.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else None

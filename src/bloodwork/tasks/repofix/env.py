@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -253,6 +254,21 @@ def _build(inst: RepoFixInstance, base: Path, spec: dict[str, Any], interpreter:
             "installed": installed, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def _readable_by_all(root: Path) -> None:
+    """Let everyone read the environment (and run what its owner may run): the sandbox's commands run as an
+    unprivileged uid, and a builder's umask (077, say) would otherwise lock them out of it."""
+    for folder, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name, is_dir in [(".", True), *((d, True) for d in dirs), *((f, False) for f in files)]:
+            if name == "." and folder != str(root):
+                continue  # each folder is handled as an entry of its parent
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            add = 0o044 | (0o011 if is_dir or st.st_mode & stat.S_IXUSR else 0)
+            if st.st_mode & add != add:
+                os.chmod(name, stat.S_IMODE(st.st_mode) | add, dir_fd=dir_fd)
+
+
 def ensure_env(inst: RepoFixInstance, base: Path, *, root: Path | None = None,
                installer: Installer | None = None) -> InstanceEnv:
     """The instance's environment, built from its base tree on first use (minutes at most), then cached."""
@@ -274,6 +290,7 @@ def ensure_env(inst: RepoFixInstance, base: Path, *, root: Path | None = None,
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        _readable_by_all(folder)
         tmp = stamp.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, stamp)

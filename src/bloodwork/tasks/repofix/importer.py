@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bloodwork.manifold.runner import CommandRunner, SandboxKind
+from bloodwork.tasks.hidden_tests import verifier_mounts
 from bloodwork.tasks.repofix.env import ensure_env
 from bloodwork.tasks.repofix.instance import (
     INSTANCE_FILE,
@@ -141,7 +142,7 @@ def _not_collected(inst: RepoFixInstance, scratch: Path, sandbox: SandboxKind) -
     mat = materialize(inst, scratch / "src")
     env = ensure_env(inst, mat.base)
     build_tree(mat, scratch / "gold", mat.gold, mat.hidden)
-    runner = CommandRunner(scratch, sandbox=sandbox, toolchain=env.toolchain())
+    runner = CommandRunner(scratch, sandbox=sandbox, toolchain=env.toolchain(), mounts=verifier_mounts(sandbox))
     try:
         missing, run = collect(runner, inst, mat, "gold", scratch)
     finally:

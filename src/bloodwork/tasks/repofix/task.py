@@ -116,7 +116,7 @@ class RepoFixTask:
     def verify(self, workspace: Path, runner: CommandRunnerLike | None = None) -> VerifierResult:
         """Judged in a copy, in a sandbox of its own; the run's sandbox is not used."""
         return judge(self.inst, self.materialized(), workspace, sandbox=self.sandbox,
-                     toolchain=self.environment().toolchain())
+                     toolchain=self.environment().toolchain(), stop=getattr(runner, "stop", None))
 
     def close(self) -> None:
         if self._tmp is not None:

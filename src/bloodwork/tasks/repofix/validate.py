@@ -28,9 +28,10 @@ from pydantic import BaseModel, Field
 
 from bloodwork.manifold.runner import CommandRunner, SandboxKind
 from bloodwork.tasks.base import TaskError
+from bloodwork.tasks.hidden_tests import verifier_mounts
 from bloodwork.tasks.repofix.env import InstanceEnv, ensure_env
 from bloodwork.tasks.repofix.instance import RepoFixInstance, builtin_instances
-from bloodwork.tasks.repofix.judge import pytest_selectors, statuses_from_summary
+from bloodwork.tasks.repofix.judge import pytest_selectors, run_hidden_tests
 from bloodwork.tasks.repofix.sources import Materialized, materialize, write_overlay
 
 OUTPUT_KEEP = 3000
@@ -77,13 +78,13 @@ def _errors(output: str) -> list[str]:
 
 
 def _pytest(runner: CommandRunner, inst: RepoFixInstance, mat: Materialized, tree: str,
-            args: str) -> tuple[PytestRun, str]:
-    """The run as evidence, and its whole output (a long `-rA` summary does not fit the kept tail)."""
-    cmd = f"cd {tree} && {mat.pythonpath_prefix()}{inst.env_prefix()}{inst.test_cmd} {args}"
-    res = runner.run(cmd, inst.timeout_s)
+            args: str) -> tuple[PytestRun, str, dict[str, str]]:
+    """The run as evidence, its whole output (a collection listing does not fit the kept tail) and each hidden
+    test's status. Run the way the judge runs the hidden tests, so an instance that validates is judged alike."""
+    cmd, res, statuses = run_hidden_tests(runner, inst, mat, tree, args)
     ran = not res.timed_out and res.exit_code not in NOTHING_RAN
     return PytestRun(tree=tree, command=cmd, exit_code=res.exit_code, timed_out=res.timed_out, ran=ran,
-                     errors=_errors(res.text), output_tail=res.text[-OUTPUT_KEEP:]), res.text
+                     errors=_errors(res.text), output_tail=res.text[-OUTPUT_KEEP:]), res.text, statuses
 
 
 def collect(runner: CommandRunner, inst: RepoFixInstance, mat: Materialized, tree: str,
@@ -94,7 +95,8 @@ def collect(runner: CommandRunner, inst: RepoFixInstance, mat: Materialized, tre
     missing = [t for t in inst.hidden_tests if t.split("::", 1)[0] not in present]
     if not present:
         return missing, None
-    run, text = _pytest(runner, inst, mat, tree, "--collect-only -q --rootdir . " + " ".join(map(shlex.quote, present)))
+    args = "--collect-only -q --rootdir . " + " ".join(map(shlex.quote, present))
+    run, text, _ = _pytest(runner, inst, mat, tree, args)
     listed = {ln.strip() for ln in text.splitlines()} if run.ran else set()
     return missing + [t for t in inst.hidden_tests if t not in missing and t not in listed], run
 
@@ -124,16 +126,14 @@ def validate_instance(inst: RepoFixInstance, *, sandbox: SandboxKind = "auto",
             return _failed(inst, start, str(err))
         build_tree(mat, root / "base", mat.hidden)
         build_tree(mat, root / "gold", mat.gold, mat.hidden)
-        runner = CommandRunner(root, sandbox=sandbox, toolchain=env.toolchain())
+        runner = CommandRunner(root, sandbox=sandbox, toolchain=env.toolchain(), mounts=verifier_mounts(sandbox))
         try:
             not_collected, collect_run = collect(runner, inst, mat, "gold", root)
             selectors = " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests))
-            base_run, base_text = _pytest(runner, inst, mat, "base", f"-rA --tb=line -q --rootdir . {selectors}")
-            gold_run, gold_text = _pytest(runner, inst, mat, "gold", f"-rA --tb=line -q --rootdir . {selectors}")
+            base_run, _, base = _pytest(runner, inst, mat, "base", f"-rA --tb=line -q --rootdir . {selectors}")
+            gold_run, _, gold = _pytest(runner, inst, mat, "gold", f"-rA --tb=line -q --rootdir . {selectors}")
         finally:
             runner.close()
-    base = statuses_from_summary(base_text, inst.hidden_tests)
-    gold = statuses_from_summary(gold_text, inst.hidden_tests)
     problems: list[str] = []
     if not_collected:
         why = "; ".join(collect_run.errors[:3]) if collect_run and collect_run.errors else ""
