@@ -91,10 +91,10 @@ class _Seq:
     """A request in flight, owned by the engine thread."""
 
     ticket: Ticket
-    kv: SeqKV
     budget: int
     guide: Any  # FrameGuide | None
     generator: torch.Generator | None
+    kv: SeqKV = field(init=False)  # allocated at admission: a long queue holds no cache memory
     logits: torch.Tensor | None = None
     new: list[int] = field(default_factory=list)
     emitted: str = ""
@@ -155,8 +155,7 @@ class Engine:
                 guide = FrameGuide(self.loaded.guide_tokenizer(), request.schema)
             sampling = request.sampling
             generator = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
-            seqs.append(_Seq(ticket=ticket, kv=self.forward.new_seq(n + budget), budget=budget, guide=guide,
-                             generator=generator))
+            seqs.append(_Seq(ticket=ticket, budget=budget, guide=guide, generator=generator))
         with self._lock:
             self._pending += seqs
             if seqs and self._worker is None:
@@ -194,11 +193,13 @@ class Engine:
         for seq in admitted:
             start = time.perf_counter()
             request = seq.request
+            seq.kv = self.forward.new_seq(len(request.prompt_ids) + seq.budget)
             key = (tuple(request.prompt_ids), request.prefix_len)
             twin = done.get(key)
-            if twin is not None:
+            if twin is not None:  # the prefill it shares counts as its own model time too
                 seq.kv.copy_from(twin.kv, twin.kv.length)
                 seq.logits = twin.logits
+                seq.model_s += twin.model_s
                 self.stats["prompts_shared"] += 1
             else:
                 seq.logits = self._prefill_one(seq.kv, list(request.prompt_ids), request.prefix_len)
