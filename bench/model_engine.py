@@ -12,10 +12,12 @@ same tick-sized prompts (~1.5k tokens: ISA system prompt, goal, a history of sli
 - serve4_speedup: 4 concurrent OpenAI clients of `bloodwork serve` over 1 client, aggregate tokens/s;
 - tick_p50_s: model time of a lone tick call (latency minus queue), p50.
 
-And the choices behind the engine, each measured against its alternative in the same run: continuous vs
-static batches (sweep4 again with `join="batch"`), the system prompt's cached prefix vs none, a fixed
-8-row decode step vs a 1-row one for a lone call, bfloat16 vs float32, 2 threads vs 1. The machine is
-shared: the load average before and after is recorded, and figures are medians with n.
+Each ratio is given by wall time (what the goals are stated in) and by this process's CPU time, which a
+shared machine's load hardly moves (see `Span`). Then the choices behind the engine, each against its
+alternative in the same run (skip with --skip-choices): continuous vs static batches, the system prompt's
+cached prefix vs none, the fixed 8-row decode step vs a 1-row one for a lone call, bfloat16 vs float32,
+2 threads vs 1. The load average before and after is recorded. `--out` can run the headline part on the
+code before the engine (PYTHONPATH=that checkout's src), for a before/after table.
 """
 
 from __future__ import annotations
@@ -62,12 +64,28 @@ def tick_messages(worker: int, tick: int, count: Callable[[str], int]) -> list[M
     return messages
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
+class Span:
+    """Wall seconds and this process's CPU seconds (all threads) over a block. On a shared machine the wall
+    time of a job follows the load; the CPU seconds it needs hardly do, so a ratio of tokens per CPU second
+    is a load-robust (and, with more rows per step using both cores better, conservative) proxy for the
+    ratio an idle machine would give."""
+
+    def __enter__(self) -> Span:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+    def figures(self, tokens: int) -> dict[str, float]:
+        return {"tokens": tokens, "wall_s": round(self.wall, 2), "cpu_s": round(self.cpu, 2),
+                "tok_s": round(tokens / self.wall, 3), "tok_cpu_s": round(tokens / self.cpu, 3)}
 
 
-def rate(done: list[Completion], wall_s: float) -> float:
-    return sum(c.completion_tokens or 0 for c in done) / wall_s
+def ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """a over b, by wall time (what was asked) and by CPU time (robust to the shared machine's load)."""
+    return {"wall": round(a["tok_s"] / b["tok_s"], 2), "cpu": round(a["tok_cpu_s"] / b["tok_cpu_s"], 2)}
 
 
 def _answer(oracle: LocalOracle, messages: list[Message], engine: Any = None, prefix: bool = True) -> Completion:
@@ -86,16 +104,12 @@ def _answer(oracle: LocalOracle, messages: list[Message], engine: Any = None, pr
 
 def single(oracle: LocalOracle, prompts: list[list[Message]], engine: Any = None,
            prefix: bool = True) -> dict[str, Any]:
-    """Lone calls in turn: tokens/s over wall time, and the model time per call."""
-    rates, model_s, tokens = [], [], []
-    for messages in prompts:
-        start = time.perf_counter()
-        done = _answer(oracle, messages, engine, prefix)
-        rates.append(rate([done], time.perf_counter() - start))
-        model_s.append((done.latency_ms - (done.queue_ms or 0)) / 1000)
-        tokens.append(done.completion_tokens or 0)
-    return {"tok_s": median(rates), "model_s_p50": median(model_s), "tokens": tokens, "n": len(prompts),
-            "prompt_tokens": len(oracle.prompt_ids(prompts[0]))}
+    """Lone calls in turn: aggregate tokens/s, and the model time per call."""
+    with Span() as span:
+        done = [_answer(oracle, messages, engine, prefix) for messages in prompts]
+    model_s = [(c.latency_ms - (c.queue_ms or 0)) / 1000 for c in done]
+    return {**span.figures(sum(c.completion_tokens or 0 for c in done)), "calls": len(done),
+            "model_s_p50": round(statistics.median(model_s), 3), "prompt_tokens": len(oracle.prompt_ids(prompts[0]))}
 
 
 def sweep(oracle: LocalOracle, workers: int, ticks: int, count: Callable[[str], int], engine: Any = None
@@ -112,14 +126,13 @@ def sweep(oracle: LocalOracle, workers: int, ticks: int, count: Callable[[str], 
                 done.append(answer)
             time.sleep(pause.uniform(0, 0.2))
 
-    start = time.perf_counter()
     threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - start
-    return {"workers": workers, "calls": len(done), "wall_s": round(wall, 2), "tok_s": round(rate(done, wall), 2),
+    with Span() as span:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    return {**span.figures(sum(c.completion_tokens or 0 for c in done)), "workers": workers, "calls": len(done),
             "batch_size_mean": round(statistics.mean(getattr(c, "batch_size", None) or 1 for c in done), 2)}
 
 
@@ -127,15 +140,14 @@ def fork(oracle: LocalOracle, prompt: list[Message], k: int) -> dict[str, Any]:
     hot = make_local_oracle(oracle.spec, oracle.spec.removeprefix("local:"), max_new_tokens=NEW_TOKENS,
                             temperature=0.8, top_p=0.95)
     calls = [CallInfo("bench", 0, i, purpose="fork") for i in range(k)]
-    start = time.perf_counter()
-    one = hot.complete(prompt, call=calls[0])
-    one_s = time.perf_counter() - start
+    with Span() as one_span:
+        one = hot.complete(prompt, call=calls[0])
     batched = getattr(hot, "complete_many", None)  # absent before the engine: the samples one by one
-    start = time.perf_counter()
-    many = batched(prompt, None, calls) if batched else [hot.complete(prompt, call=c) for c in calls]
-    many_s = time.perf_counter() - start
-    return {"k": k, "one_s": round(one_s, 2), "one_tokens": one.completion_tokens, "batch_s": round(many_s, 2),
-            "batch_tokens": [c.completion_tokens for c in many], "cost": round(many_s / one_s, 2)}
+    with Span() as many_span:
+        many = batched(prompt, None, calls) if batched else [hot.complete(prompt, call=c) for c in calls]
+    return {"k": k, "one": one_span.figures(one.completion_tokens or 0),
+            "batch": many_span.figures(sum(c.completion_tokens or 0 for c in many)),
+            "cost": {"wall": round(many_span.wall / one_span.wall, 2), "cpu": round(many_span.cpu / one_span.cpu, 2)}}
 
 
 def serve(prompts: list[list[Message]], clients: int, requests: int, spec: str) -> dict[str, Any]:
@@ -148,11 +160,9 @@ def serve(prompts: list[list[Message]], clients: int, requests: int, spec: str) 
                                                 max_tokens=NEW_TOKENS)
             return reply.usage.completion_tokens if reply.usage else 0
 
-        start = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
+        with Span() as span, ThreadPoolExecutor(clients) as pool:
             tokens = list(pool.map(ask, range(requests)))
-        wall = time.perf_counter() - start
-    return {"clients": clients, "requests": requests, "wall_s": round(wall, 2), "tok_s": round(sum(tokens) / wall, 2)}
+    return {**span.figures(sum(tokens)), "clients": clients, "requests": requests}
 
 
 def main() -> None:
@@ -178,29 +188,29 @@ def main() -> None:
     result["single"] = alone
     result["single_tok_s"] = alone["tok_s"]
     result["tick_p50_s"] = alone["model_s_p50"]
-    print(f"single stream: {alone['tok_s']} tok/s, tick model time p50 {alone['model_s_p50']} s "
-          f"({alone['prompt_tokens']}-token prompt, n={n})")
+    print(f"single stream: {alone['tok_s']} tok/s ({alone['tok_cpu_s']} per CPU s), tick model time p50 "
+          f"{alone['model_s_p50']} s ({alone['prompt_tokens']}-token prompt, n={n})")
 
     four = sweep(oracle, 4, n, count)
     result["sweep4"] = four
-    result["sweep4_speedup"] = round(four["tok_s"] / alone["tok_s"], 2)
-    print(f"sweep, 4 workers: {four['tok_s']} tok/s aggregate = {result['sweep4_speedup']}x (mean batch "
+    result["sweep4_speedup"] = ratio(four, alone)
+    print(f"sweep, 4 workers: {four['tok_s']} tok/s aggregate = {result['sweep4_speedup']} (mean batch "
           f"{four['batch_size_mean']})")
 
     forked = fork(oracle, prompts[0], 8)
     result["fork8"] = forked
     result["fork8_cost"] = forked["cost"]
-    print(f"fork, 8 samples in one batch: {forked['batch_s']} s vs one call {forked['one_s']} s = {forked['cost']}x")
+    print(f"fork, 8 samples: {forked['batch']['wall_s']} s vs one call {forked['one']['wall_s']} s = {forked['cost']}")
 
     one_client = serve(prompts, 1, n, oracle.spec)
     four_clients = serve(prompts, 4, 4 * n, oracle.spec)
     result["serve"] = [one_client, four_clients]
-    result["serve4_speedup"] = round(four_clients["tok_s"] / one_client["tok_s"], 2)
+    result["serve4_speedup"] = ratio(four_clients, one_client)
     print(f"serve: 1 client {one_client['tok_s']} tok/s, 4 clients {four_clients['tok_s']} tok/s "
-          f"= {result['serve4_speedup']}x")
+          f"= {result['serve4_speedup']}")
 
     if not args.skip_choices:
-        result["choices"] = choices(oracle, prompts, count, n)
+        result["choices"] = choices(oracle, prompts, count, n, alone)
     result.update({
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.platform(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "transformers": transformers.__version__,
@@ -214,37 +224,45 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
-def choices(oracle: LocalOracle, prompts: list[list[Message]], count: Callable[[str], int], n: int) -> dict[str, Any]:
-    """Each design choice against its alternative, interleaved so that a change of load hits both alike."""
+def choices(oracle: LocalOracle, prompts: list[list[Message]], count: Callable[[str], int], n: int,
+            alone: dict[str, Any]) -> dict[str, Any]:
+    """Each design choice against its alternative in this run, as ratios by wall and by CPU time."""
     import torch
 
     from bloodwork.oracles.engine import Engine
 
     out: dict[str, Any] = {}
-    static = Engine(oracle.loaded, join="batch")
-    out["sweep4_static_batches"] = sweep(oracle, 4, n, count, engine=static)
-    print(f"  static batches: sweep4 {out['sweep4_static_batches']['tok_s']} tok/s")
+    static = sweep(oracle, 4, n, count, engine=Engine(oracle.loaded, join="batch"))
+    out["static_batches"] = {"sweep4": static, "sweep4_speedup": ratio(static, alone)}
+    print(f"  static batches instead of joining between steps: sweep4 {out['static_batches']['sweep4_speedup']}")
+
     with_prefix, without = single(oracle, prompts), single(oracle, prompts, prefix=False)
-    out["prefix_reuse"] = {"with": with_prefix, "without": without,
+    out["prefix_reuse"] = {"with": with_prefix, "without": without, "speedup": ratio(with_prefix, without),
                            "saved_s_p50": round(without["model_s_p50"] - with_prefix["model_s_p50"], 3)}
-    print(f"  system prompt prefix reused: {with_prefix['model_s_p50']} s vs {without['model_s_p50']} s per tick")
-    one_row = Engine(oracle.loaded, rows=1, max_batch=1)
-    out["decode_rows"] = {"rows_8": single(oracle, prompts), "rows_1": single(oracle, prompts, engine=one_row)}
-    print(f"  lone call, 8-row step {out['decode_rows']['rows_8']['tok_s']} tok/s vs 1-row "
-          f"{out['decode_rows']['rows_1']['tok_s']} tok/s")
+    print(f"  system prompt's cached prefix: {with_prefix['model_s_p50']} s vs {without['model_s_p50']} s a tick")
+
+    rows_8, rows_1 = single(oracle, prompts), single(oracle, prompts, engine=Engine(oracle.loaded, rows=1, max_batch=1))
+    out["fixed_rows"] = {"rows_8": rows_8, "rows_1": rows_1, "cost": ratio(rows_1, rows_8)}
+    print(f"  a lone call in a 1-row step is {out['fixed_rows']['cost']} times as fast as in the 8-row step")
+
     fp32 = make_local_oracle("local:smollm2+float32", "smollm2+float32", max_new_tokens=NEW_TOKENS)
-    out["dtype"] = {"bfloat16": single(oracle, prompts), "float32": single(fp32, prompts),
-                    "float32_sweep4": sweep(fp32, 4, n, count)}
-    print(f"  float32: {out['dtype']['float32']['tok_s']} tok/s alone, sweep4 "
-          f"{out['dtype']['float32_sweep4']['tok_s']} tok/s")
+    fp32_alone, bf16_alone = single(fp32, prompts), single(oracle, prompts)
+    fp32_four = sweep(fp32, 4, n, count)
+    out["precision"] = {"float32": fp32_alone, "bfloat16": bf16_alone,
+                        "bfloat16_speedup": ratio(bf16_alone, fp32_alone), "float32_sweep4": fp32_four,
+                        "float32_sweep4_speedup": ratio(fp32_four, fp32_alone)}
+    print(f"  bfloat16 over float32, lone call: {out['precision']['bfloat16_speedup']}; float32 sweep4 "
+          f"{out['precision']['float32_sweep4_speedup']}")
+
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        out["threads"] = {"1": single(oracle, prompts[:1]), "1_sweep4": sweep(oracle, 4, 1, count)}
+        one_thread = single(oracle, prompts[:1])
     finally:
         torch.set_num_threads(threads)
-    out["threads"][str(threads)] = single(oracle, prompts[:1])
-    print(f"  1 thread: {out['threads']['1']['tok_s']} tok/s alone vs {out['threads'][str(threads)]['tok_s']}")
+    two_threads = single(oracle, prompts[:1])
+    out["threads"] = {"1": one_thread, str(threads): two_threads, "speedup": ratio(two_threads, one_thread)}
+    print(f"  {threads} threads over 1, lone call: {out['threads']['speedup']}")
     return out
 
 
