@@ -148,6 +148,8 @@ class World:
             result["spill"] = name
         if res.timed_out:
             traps.insert(0, (TrapKind.EXEC_TIMEOUT, f"killed after {timeout:g}s"))
+        elif res.fault:  # a forged or garbled sandbox reply, or the workspace over its quota
+            traps.insert(0, (TrapKind.IO_FAULT, res.fault))
         return Outcome(d=f"sys://exec/{tick}", slice_text=head + text, traps=traps, chaos=chaos, result=result)
 
 
