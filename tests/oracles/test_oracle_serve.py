@@ -54,7 +54,7 @@ def test_streaming_with_usage(client) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
-def test_concurrent_requests_are_queued_not_mixed(client) -> None:
+def test_concurrent_requests_are_batched_not_mixed(client) -> None:
     def ask(_: int) -> str:
         reply = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=6)
         return reply.choices[0].message.content
@@ -62,6 +62,18 @@ def test_concurrent_requests_are_queued_not_mixed(client) -> None:
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(ask, range(3)))
     assert len(set(answers)) == 1 and answers[0]
+
+
+def test_stop_strings_end_the_answer_before_them(client) -> None:
+    import openai
+
+    plain = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12).choices[0]
+    stop = plain.message.content.strip()[-2:]  # a string the answer is known to contain
+    reply = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12, stop=[stop]).choices[0]
+    assert reply.finish_reason == "stop" and stop not in reply.message.content
+    assert plain.message.content.startswith(reply.message.content)
+    with pytest.raises(openai.BadRequestError, match="stop must be"):
+        client.chat.completions.create(model="m", messages=MESSAGES, stop=["a", "b", "c", "d", "e"])
 
 
 def test_context_overflow_is_a_400(client) -> None:

@@ -2,10 +2,11 @@
 `/v1/chat/completions`, plain JSON or SSE streaming).
 
 It lets any OpenAI-compatible tool (and our own `openai:` backend) talk to the embedded model, so the API
-path of the model matrix can be exercised end to end without a key. Requests are served by threads but
-generation runs one at a time behind the model's lock: a forward pass is not thread-safe, and on two
-cores parallel decoding would not be faster anyway. It listens on loopback unless told otherwise, and
-has no authentication: put nothing but 127.0.0.1 in `host` unless the network around it is trusted.
+path of the model matrix can be exercised end to end without a key. Requests are served by threads, and
+their generations go to the model's engine (`engine.py`), which decodes concurrent requests as one batch,
+each with its own sampling settings, `max_tokens`, `stop` strings and constraint; an answer is the same
+whatever it was batched with. It listens on loopback unless told otherwise, and has no authentication: put
+nothing but 127.0.0.1 in `host` unless the network around it is trusted.
 
 The server's `max_new_tokens` (option, default 192) caps every request's `max_tokens`: on a CPU one
 client asking for 8000 tokens would otherwise hold the model for minutes.
@@ -56,6 +57,16 @@ def _number(value: Any, name: str, kind: type, default: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
         raise _RequestError(400, f"{name} must be a{'n integer' if kind is int else ' number'}")
     return kind(value)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    """OpenAI's `stop`: null, a string, or up to 4 strings."""
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise _RequestError(400, "stop must be a non-empty string or a list of up to 4 of them")
+    return tuple(stops)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,6 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if sampling.max_new_tokens <= 0 or sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
             raise _RequestError(400, "need max_tokens > 0, temperature >= 0, 0 < top_p <= 1")
+        stop = _stop(body.get("stop"))
         schema = None
         fmt = body.get("response_format")
         if oracle.parsed.constrained and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
@@ -127,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         reply = _Reply(self)
         try:
-            done = oracle.generate(msgs, sampling, schema=schema, on_text=reply.text if stream else None)
+            done = oracle.generate(msgs, sampling, schema=schema, stop=stop, on_text=reply.text if stream else None)
         except ValueError as err:  # a response_format schema the grammar compiler refuses
             raise _RequestError(400, str(err)) from err
         if done.error is not None:  # only a context overflow, found before the first token is sent
@@ -205,7 +217,8 @@ class ModelServer:
     def __init__(self, spec: str, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
         scheme, _, rest = spec.partition(":")
         if scheme != "local" or not rest:
-            raise ServeError(f"serve takes a local model spec (local:smollm2[+constrained][+lora=PATH]), not {spec!r}")
+            raise ServeError("serve takes a local model spec (local:smollm2[+constrained][+float32][+lora=PATH]), "
+                             f"not {spec!r}")
         try:
             self._http = _Server((host, port), _Handler, bind_and_activate=True)
         except OSError as err:
