@@ -41,7 +41,7 @@ from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
-from bloodwork.kernel.traps import fingerprint
+from bloodwork.kernel.traps import ENVIRONMENT_TRAPS, LOOP_TRAPS, fingerprint
 from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.oracles.replay import ReplayOracle
@@ -54,10 +54,8 @@ Polarity = Literal["positive", "negative", "neutral"]
 POLARITY: dict[str, Polarity] = {"completed": "positive", "recovered": "positive", "progressed": "positive",
                                  "trapped": "negative", "thrashed": "negative", "idle": "neutral", "faulted": "neutral",
                                  "injected": "neutral", "failed": "neutral"}
-LOOP_TRAPS = frozenset({"THRASHING", "WATCHDOG"})
-# Traps that say something about the world rather than the answer: `pytest` whose output overflows the cap
-# is no worse an action for it. A branch whose only traps are these is `faulted` (neutral), not `trapped`.
-ENVIRONMENT_TRAPS = frozenset({"LOG_FLOOD", "IO_FAULT", "ORACLE_FAULT"})
+# A branch whose only natural traps are environment faults (kernel/traps.py's table: a refused write, a
+# failed model call, runaway output) is `faulted` (neutral), not `trapped`.
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
 # Exec slices of runs recorded before 2026-11-28 carried the command's duration in their head line

@@ -27,8 +27,7 @@ from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import Event, read_events, verify
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.data.formats import Messages, Pool, prompt_sha256
-
-NEGATIVE_TRAPS = frozenset({"THRASHING", "WATCHDOG", "SCHEMA_VIOLATION", "ILLEGAL_HALT"})
+from bloodwork.kernel.traps import NEGATIVE_TRAPS
 
 
 @dataclass
