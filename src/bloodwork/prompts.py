@@ -7,9 +7,9 @@ prompt template's hash), and the evidence code and the scripted experts parse so
 so a wording change cannot silently break a parser. This module is the lowest layer: it imports nothing
 from bloodwork.
 
-The ISA prompt shows a worked example from another project with realistic values. It carries no
-placeholder phrases: the embedded 135M model, given `{"thought": "short reasoning", ...}`, answered with
-exactly those words tick after tick (see bench/prompt_ab.py for the measured copy rates of both prompts).
+The ISA prompt shows a worked example from another project with realistic values and no placeholder
+phrases: the embedded 135M model, given `{"thought": "short reasoning", ...}`, answered with exactly those
+words tick after tick (bench/prompt_ab.py measures the copy rates of the old and the new prompt).
 """
 
 from __future__ import annotations
@@ -21,14 +21,20 @@ from typing import Any
 # -- the ISA prompt ------------------------------------------------------------------------------------
 
 # The worked example: a frame from a project that is not any built-in task (a URL-slug library), with the
-# values an agent there would really write. `TEMPLATE_PHRASES` below is derived from it, so the copy rate
-# of bench/prompt_ab.py counts exactly these strings.
+# values an agent there would really write. It is shown as `key = value` lines, never as JSON: a small
+# model that has seen `{"thought": "` followed by text continues its own `{"thought": "` with that text
+# (given the old placeholders it answered "short reasoning" tick after tick; given this example as JSON it
+# answered "test_accents fails: ..." on the ledger task). With no such prefix in its context it writes from
+# its goal and slice.
 EXAMPLE_FRAME: dict[str, Any] = {
     "thought": "test_accents fails: slugify('Crème brûlée') keeps the accents; normalize() must strip them",
     "q_next": "slugkit: 11 of 12 tests pass. failing: test_accents. next: edit normalize() in slugkit/text.py",
     "op": {"name": "SYS_EDIT", "path": "slugkit/text.py", "search": "    return text.lower()",
            "replace": "    return strip_accents(text).lower()"},
 }
+# What a copy of the example looks like: its distinctive words (bench/prompt_ab.py counts outputs holding any).
+TEMPLATE_PHRASES: tuple[str, ...] = ("test_accents", "slugkit", "slugify", "strip_accents", "normalize()",
+                                     "Crème brûlée", "11 of 12 tests", "return text.lower()")
 
 # What each trap slice asks of the model, by trap kind (the kinds live in kernel/traps.py; a test checks
 # that every kind has its line here and nothing else).
@@ -51,8 +57,7 @@ _OP_LINES = (
     ("SYS_READ", "path, page", "show a file, or page N of a long output (pages count from 0; page is optional)"),
     ("SYS_WRITE", "path, content", "write a whole file"),
     ("SYS_EDIT", "path, search, replace", "replace one exact, unique piece of a file"),
-    ("SYS_EXEC", "cmd, timeout_s", "run a shell command in the workspace (timeout_s is optional); you see its "
-                                   "exit code and output"),
+    ("SYS_EXEC", "cmd, timeout_s", "run a shell command in the workspace (timeout_s is optional)"),
     ("SYS_HALT", "reason", "say the goal is met; the task's verifier checks it"),
 )
 
@@ -60,32 +65,26 @@ _OP_LINES = (
 def _render_isa() -> str:
     ops = "\n".join(f"  {name:<10}{fields:<23}{what}" for name, fields, what in _OP_LINES)
     asks = "\n".join(f"  {kind}: {ask}" for kind, ask in TRAP_ASKS.items())
-    example = json.dumps(EXAMPLE_FRAME, ensure_ascii=False)
+    ex = EXAMPLE_FRAME
+    fields = ", ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in ex["op"].items() if k != "name")
     return f"""You are the transition function of a kernel that does a software task step by step. Each turn the
 kernel shows you the GOAL, your register q (the notes you wrote last turn) and the slice s at pointer d:
 a file, a command's output, or a fault. Answer with exactly one JSON object and nothing else (no prose,
-no code fences). Its keys: thought (what s tells you), q_next (your notes for the next turn: what is done,
-what fails, what comes next; the kernel keeps nothing else for you), op (one action). Ops and their fields:
+no code fences), with three keys in this order: thought (one short sentence: what s tells you), q_next
+(your notes for the next turn: what is done, what fails, what comes next; the kernel keeps nothing else
+for you) and op (one action: an object with the op's name and its fields). The ops:
 {ops}
 Write your own values from your goal and your slice. For instance, an agent on another project (a
-URL-slug library, not your task) that just saw one test fail answered:
-{example}
+URL-slug library, not your task) that had just seen one test fail chose:
+  thought = {ex["thought"]}
+  q_next = {ex["q_next"]}
+  op = {ex["op"]["name"]} with {fields}
 Long output is cut to its head and tail, with the exact SYS_READ that shows the rest. A fault comes back
 as the slice at d=sys://trap/KIND and asks this of you:
 {asks}"""
 
 
 ISA_PROMPT = _render_isa()
-
-
-def _leaves(value: Any) -> list[str]:
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _leaves(v)]
-    return [value] if isinstance(value, str) else []
-
-
-# Strings a model could copy from the prompt as content: every value of the worked example except the op name.
-TEMPLATE_PHRASES: tuple[str, ...] = tuple(s.strip() for s in _leaves(EXAMPLE_FRAME) if not s.startswith("SYS_"))
 
 # -- the context -----------------------------------------------------------------------------------------
 

@@ -189,13 +189,13 @@ def replies_on_hello(replies: list[str]) -> Callable[[Path], tuple[Task, str]]:
 def _healthy() -> list[Trajectory]:
     out = [
         Trajectory("dev-40-vv", "healthy", developer(), 90, notes="40 edit+rerun cycles, 5-20 KB of output a run"),
-        Trajectory("dev-40-whole-file", "healthy", developer(whole_file=True), 90),
-        Trajectory("dev-30-tb-short", "healthy", developer(30, 24, "-q --tb=short"), 70),
-        Trajectory("dev-30-vv-tb-short", "healthy", developer(30, 28, "-vv --tb=short"), 70),
-        Trajectory("dev-20-q", "healthy", developer(20, 30, "-q", page_reads=()), 50),
-        Trajectory("dev-20-rA-pages", "healthy", developer(20, 20, "-q -rA", page_reads=(1, 3, 5, 7)), 50),
-        Trajectory("dev-12-all-fail-first", "healthy", developer(12, 28, "-vv --tb=line -rA"), 30),
-        Trajectory("dev-40-fix-late", "healthy", developer(40, 36, "-vv --tb=line -rA"), 90),
+        Trajectory("dev-12-whole-file", "healthy", developer(12, 34, whole_file=True, page_reads=(3,)), 30),
+        Trajectory("dev-12-tb-short", "healthy", developer(12, 30, "-q --tb=short", page_reads=(2,)), 30),
+        Trajectory("dev-10-vv-tb-short", "healthy", developer(10, 34, "-vv --tb=short"), 25),
+        Trajectory("dev-10-q", "healthy", developer(10, 36, "-q", page_reads=()), 25),
+        Trajectory("dev-10-rA-pages", "healthy", developer(10, 32, "-q -rA", page_reads=(1, 3, 5, 7)), 30),
+        Trajectory("dev-12-fix-every-cycle", "healthy", developer(12, 28, "-vv --tb=line -rA"), 30),
+        Trajectory("dev-12-fix-late", "healthy", developer(12, 38, "-vv --tb=line -rA"), 30),
     ]
     # Reading: every file once, then a long file page by page; with a listing and a grep in between.
     pages = [read("notes/long.md", p) for p in range(8)]
