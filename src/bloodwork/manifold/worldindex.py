@@ -29,6 +29,7 @@ import hashlib
 import os
 import stat
 import struct
+import weakref
 from pathlib import Path
 from typing import Literal
 
@@ -92,6 +93,8 @@ class WorldIndex:
             fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd >= 0:
                 self._fd = fd
+                # inotify instances are a per-user limit: one left open by an index nobody closes is gone
+                self._finalizer = weakref.finalize(self, os.close, fd)
         self.kind: Literal["inotify", "scan"] = "inotify" if self._fd >= 0 else "scan"
         self._rescan()
 
@@ -114,7 +117,7 @@ class WorldIndex:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            self._finalizer()
             self._fd = -1
 
     # -- keeping the entries -------------------------------------------------------------------------
