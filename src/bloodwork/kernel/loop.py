@@ -317,7 +317,7 @@ class Kernel:
         chaos += outcome.chaos
         q_next, reg_evict = self.builder.bound_register(frame.q_next if frame else R.q)
         slice_digest = digest(outcome.slice_text)
-        seen = observation_digest(outcome.slice_text)
+        seen = observation_digest(outcome.slice_text, command_output=outcome.d.startswith("sys://exec/"))
         world_after = self.world_index.digest()
         outcome.changed = outcome.changed or world_after != world_before
         progress = outcome.changed or self.detectors.is_new(seen)
