@@ -166,7 +166,11 @@ def main() -> None:
                     vruns[t.name] = {"fired": {}}
             rows = table(vruns, labelled, dets)
             print_table(f"{name} (pathological re-run, healthy re-judged from traces)", rows)
-            variants[name] = {"change": change, "rows": rows}
+            fates = {t.name: {k: vruns[t.name][k] for k in ("status", "cause", "death_tick")}
+                     for t in labelled if t.label == "pathological" and meant_for(t) in dets}
+            print("  re-run: " + "; ".join(f"{n} {f['status']} {f['cause'] or '-'} at {f['death_tick']}"
+                                           for n, f in fates.items()))
+            variants[name] = {"change": change, "rows": rows, "pathological_outcomes": fates}
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

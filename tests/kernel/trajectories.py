@@ -220,6 +220,16 @@ def _healthy() -> list[Trajectory]:
         [exec_("(sleep 1; echo done > job.status) > /dev/null 2>&1 &"),
          *[exec_(f"sleep {0.3 * (i + 1):.1f}; cat job.status 2>/dev/null || echo pending") for i in range(5)], fix,
          halt()]), 10))
+    # Borderline cases, healthy but close to a threshold (they show what a tighter one would cost): polling a
+    # job with the same command (the same "pending" on an unchanged workspace two or three times), and
+    # re-reading files already seen, as an agent does after its context dropped them (four ticks with nothing new).
+    out.append(Trajectory("poll-same-command", "healthy", replies_on_hello(
+        [exec_("(sleep 1.5; echo done > job.status) > /dev/null 2>&1 &"),
+         *[exec_("sleep 0.5; cat job.status 2>/dev/null || echo pending")] * 4, fix, halt()]), 10,
+        notes="how many polls see 'pending' depends on the machine's speed"))
+    out.append(Trajectory("reread-after-eviction", "healthy", replies_on_hello(
+        [read("a.txt"), read("b.txt"), read("sub/c.txt"), read("notes/long.md"), read("a.txt"), read("b.txt"),
+         read("sub/c.txt"), read("notes/long.md"), fix, halt()]), 12))
     # Many small files written, each checked.
     out.append(Trajectory("writer-check", "healthy", replies_on_hello(
         [r for i in range(12) for r in (frame({"name": "SYS_WRITE", "path": f"out/part{i}.txt", "content": f"{i}\n"}),
