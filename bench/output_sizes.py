@@ -57,7 +57,8 @@ def main() -> None:
             measure(f"ledger hidden tests on the stubs, pytest {' '.join(flags)}", [*PYTEST, *flags, "hidden"], ledger)
         for instance in ("inflection-humanize", "sqlparse-784"):
             tree = work / instance
-            shutil.copytree(load_task(f"repo-fix/{instance}").materialized().base, tree)
+            task = load_task(f"repo-fix/{instance}")  # holds the temporary folder of its base tree
+            shutil.copytree(task.materialized().base, tree)  # type: ignore[attr-defined]
             for flags in (["-q"], ["-vv"]):
                 measure(f"{instance} base, its own suite, pytest {' '.join(flags)}", [*PYTEST, *flags], tree)
         broken = work / "inflection-humanize"

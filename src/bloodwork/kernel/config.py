@@ -33,11 +33,11 @@ class KernelConfig(BaseModel):
     parse_mode: Literal["strict", "lenient"] = "strict"
     output_cap_chars: int = Field(default=2000, ge=200, description="the page cap: longer command output is "
                                   "spilled and shown as head + tail + size + sha256 + the op that reads the rest")
-    # Why 1 MiB: ordinary output measured here (bench/output_sizes.py) tops out far below it: a failing
-    # `pytest -vv -l --tb=long` of a 455-test suite with 188 failures printed 165 KB, the ledger task's 40
-    # failing hidden tests 35-48 KB, a verbose `pip install` 9.5 KB, a verbose C-extension build 14 KB.
-    # Six times the largest of them is still ordinary work; a runaway loop (`yes`, a print in `while True`)
-    # passes 1 MiB within a second.
+    # Why 1 MiB: ordinary output measured here (bench/output_sizes.py) tops out far below it: inflection's
+    # 455-test suite with a core function broken (188 failures) printed 160 KB with `pytest -vv -l --tb=long`,
+    # the ledger task's failing hidden tests 35-48 KB, sqlparse's and inflection's passing suites 38-39 KB
+    # with `-vv`, `pip install` 3.9-10 KB, a verbose C-extension build 14 KB. 6.6 times the largest is still
+    # ordinary work; a runaway loop (`yes`, a print in `while True`) passes 1 MiB within a second.
     output_ceiling_bytes: int = Field(default=1_048_576, ge=1000, description="output over this many bytes is a "
                                       "LOG_FLOOD trap (runaway output), not a page")
     exec_timeout_s: float = Field(default=30.0, gt=0)
