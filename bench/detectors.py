@@ -71,9 +71,10 @@ def outcome(paths: Any, result: Any) -> dict[str, Any]:
         if e.kind == "trap":
             fired.setdefault(detector_of(e.data["kind"], e.data.get("detail", "")), e.tick)
     deaths = [e.tick for e in read_events(paths.journal) if e.kind == "death"]
+    panics = [[e.tick, e.data["cause"]] for e in read_events(paths.journal) if e.kind == "panic"]
     trace = read_jsonl(paths.trace)
     return {"status": result.status.value, "cause": result.cause_of_death, "ticks": result.ticks,
-            "death_tick": deaths[0] if deaths else None, "fired": fired,
+            "death_tick": deaths[0] if deaths else None, "fired": fired, "panics": panics,
             "max_output_bytes": max((r["result"].get("bytes", 0) for r in trace), default=0),
             "trace": [{k: r.get(k) for k in ("tick", "frame", "blocked", "progress", "seen", "world", "traps",
                                              "result")} for r in trace]}
@@ -166,10 +167,9 @@ def main() -> None:
                     vruns[t.name] = {"fired": {}}
             rows = table(vruns, labelled, dets)
             print_table(f"{name} (pathological re-run, healthy re-judged from traces)", rows)
-            fates = {t.name: {k: vruns[t.name][k] for k in ("status", "cause", "death_tick")}
+            fates = {t.name: {k: vruns[t.name][k] for k in ("status", "cause", "death_tick", "panics")}
                      for t in labelled if t.label == "pathological" and meant_for(t) in dets}
-            print("  re-run: " + "; ".join(f"{n} {f['status']} {f['cause'] or '-'} at {f['death_tick']}"
-                                           for n, f in fates.items()))
+            print("  re-run: " + "; ".join(f"{n} {f['status']} (panics {f['panics']})" for n, f in fates.items()))
             variants[name] = {"change": change, "rows": rows, "pathological_outcomes": fates}
     finally:
         if args.keep is None:
