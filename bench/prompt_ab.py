@@ -146,9 +146,9 @@ def main() -> None:
         ask(args.eval_set, args.out, args.models.split(","), args.max_new_tokens)
     report = score(args.eval_set, args.out)
     print(f"eval set {report['eval_set']} ({report['states']} states, {report['clean_states']} clean)")
-    fmt = "{:<40} {:>4} {:>22} {:>22} {:>22} {:>22}"
-    print(fmt.format("model | prompt", "n", "strict valid", "copy (any phrase)", "copy (clean states)",
-                     "example-op copy"))
+    fmt = "{:<36} {:>3} {:>20} {:>20} {:>20} {:>20} {:>20}"
+    print(fmt.format("model | prompt", "n", "strict valid", "copy (any phrase)", "copy (own prompt)",
+                     "copy (clean states)", "example-op copy"))
 
     def show(r: dict[str, Any]) -> str:
         if r["rate"] is None:
@@ -157,8 +157,8 @@ def main() -> None:
         return f"{r['k']}/{r['n']} {100 * r['rate']:.0f}% [{100 * lo:.0f},{100 * hi:.0f}]"
 
     for name, c in report["cells"].items():
-        print(fmt.format(name, c["n"], show(c["strict_valid"]), show(c["copy_any"]), show(c["copy_any_clean_states"]),
-                         show(c["example_op_copy"])))
+        print(fmt.format(name, c["n"], show(c["strict_valid"]), show(c["copy_any"]), show(c["copy_own"]),
+                         show(c["copy_any_clean_states"]), show(c["example_op_copy"])))
         print(f"{'':<45}ops {c['ops']}; phrases {c['phrases_copied']}")
     for path in (args.json, args.out / "summary.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
