@@ -21,11 +21,12 @@ from typing import Any
 # -- the ISA prompt ------------------------------------------------------------------------------------
 
 # The worked example: a frame from a project that is not any built-in task (a URL-slug library), with the
-# values an agent there would really write. It is shown as `key = value` lines, never as JSON: a small
-# model that has seen `{"thought": "` followed by text continues its own `{"thought": "` with that text
-# (given the old placeholders it answered "short reasoning" tick after tick; given this example as JSON it
-# answered "test_accents fails: ..." on the ledger task). With no such prefix in its context it writes from
-# its goal and slice.
+# values an agent there would really write. It is shown in words, never as JSON and never as a field name
+# followed by a quoted value: a small model that has seen `{"thought": "` (or `path "`) followed by text
+# continues its own `"thought": "` (or `"path": "`) with that text. Given the old placeholders it answered
+# "short reasoning" tick after tick; given this example as JSON it answered "test_accents fails: ..." on
+# the ledger task; given `path "slugkit/text.py"` it read the path "slug". With no such prefix in its
+# context it writes from its goal and slice.
 EXAMPLE_FRAME: dict[str, Any] = {
     "thought": "test_accents fails: slugify('Crème brûlée') keeps the accents; normalize() must strip them",
     "q_next": "slugkit: 11 of 12 tests pass. failing: test_accents. next: edit normalize() in slugkit/text.py",
@@ -33,8 +34,8 @@ EXAMPLE_FRAME: dict[str, Any] = {
            "replace": "    return strip_accents(text).lower()"},
 }
 # What a copy of the example looks like: its distinctive words (bench/prompt_ab.py counts outputs holding any).
-TEMPLATE_PHRASES: tuple[str, ...] = ("test_accents", "slugkit", "slugify", "strip_accents", "normalize()",
-                                     "Crème brûlée", "11 of 12 tests", "return text.lower()")
+TEMPLATE_PHRASES: tuple[str, ...] = ("slug", "test_accents", "strip_accents", "normalize()", "Crème brûlée",
+                                     "11 of 12 tests", "return text.lower()")
 
 # What each trap slice asks of the model, by trap kind (the kinds live in kernel/traps.py; a test checks
 # that every kind has its line here and nothing else).
@@ -66,7 +67,7 @@ def _render_isa() -> str:
     ops = "\n".join(f"  {name:<10}{fields:<23}{what}" for name, fields, what in _OP_LINES)
     asks = "\n".join(f"  {kind}: {ask}" for kind, ask in TRAP_ASKS.items())
     ex = EXAMPLE_FRAME
-    fields = ", ".join(f"{k} {json.dumps(v, ensure_ascii=False)}" for k, v in ex["op"].items() if k != "name")
+    op = ex["op"]
     return f"""You are the transition function of a kernel that does a software task step by step. Each turn the
 kernel shows you the GOAL, your register q (the notes you wrote last turn) and the slice s at pointer d:
 a file, a command's output, or a fault. Answer with exactly one JSON object and nothing else (no prose,
@@ -78,7 +79,7 @@ Write your own values from your goal and your slice. For instance, an agent on a
 URL-slug library, not your task) that had just seen one test fail chose:
   thought = {ex["thought"]}
   q_next = {ex["q_next"]}
-  op = {ex["op"]["name"]} with {fields}
+  op = {op["name"]} on the file {op["path"]}: the line '{op["search"].strip()}' becomes '{op["replace"].strip()}'
 Long output is cut to its head and tail, with the exact SYS_READ that shows the rest. A fault comes back
 as the slice at d=sys://trap/KIND and asks this of you:
 {asks}"""
