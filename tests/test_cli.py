@@ -156,3 +156,101 @@ def test_a_kernel_crash_exits_3_and_leaves_a_readable_journal(tmp_path):
     assert cli("verify", str(run)).returncode == 0
     kinds = [__import__("json").loads(x)["kind"] for x in (run / ".journal.log").read_text().splitlines()]
     assert kinds.count("tick") == 2 and kinds[-1] == "crash"
+
+
+READ = "- '{\"thought\": \"\", \"q_next\": \"\", \"op\": {\"name\": \"SYS_READ\", \"path\": \"hello.txt\"}}'\n"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("BLOODWORK_TICKS", "BLOODWORK_PANIC_BUDGET")}
+    return env | extra
+
+
+def _config_of(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((run_dir / "run.json").read_text())["config"]
+
+
+@pytest.mark.parametrize(("env", "flags", "expected"), [
+    ({}, [], (4, 9)),                                                      # the file over the defaults
+    ({"BLOODWORK_TICKS": "2"}, [], (2, 9)),                                # the environment over the file
+    ({"BLOODWORK_TICKS": "2"}, ["--ticks", "3", "--panic-budget", "5"], (3, 5)),  # flags over both
+])
+def test_run_merges_file_environment_and_flags(tmp_path, env, flags, expected):
+    folder = make_task(tmp_path)
+    script = tmp_path / "s.yaml"
+    script.write_text(READ * 5)
+    config = tmp_path / "kernel.yaml"
+    config.write_text("sandbox: none\nmax_ticks: 4\npanic_budget: 9\n")
+    res = subprocess.run([sys.executable, "-m", "bloodwork.cli", "run", str(folder), "--model", f"scripted:{script}",
+                          "--out", str(tmp_path), "--run-id", "r", "--config", str(config), *flags],
+                         capture_output=True, text=True, env=_env(**env), timeout=120)
+    assert res.returncode == 0, res.stderr
+    cfg = _config_of(tmp_path / "r")
+    assert (cfg["max_ticks"], cfg["panic_budget"]) == expected
+    assert f"after {expected[0]} ticks" in res.stdout
+
+
+def test_sweep_merges_file_environment_and_flags(tmp_path):
+    import json
+
+    folder = make_task(tmp_path)
+    script = tmp_path / "s.yaml"
+    script.write_text(READ * 5)
+    config = tmp_path / "kernel.yaml"
+    config.write_text("sandbox: none\nmax_ticks: 2\npanic_budget: 9\n")
+    for out, flags, expected in ((tmp_path / "a", [], (2, 5)), (tmp_path / "b", ["--ticks", "1"], (1, 5))):
+        res = subprocess.run([sys.executable, "-m", "bloodwork.cli", "sweep", "--tasks", str(folder), "--models",
+                              f"scripted:{script}", "--chaos", "off", "--workers", "1", "--out", str(out),
+                              "--config", str(config), *flags], capture_output=True, text=True,
+                             env=_env(BLOODWORK_PANIC_BUDGET="5"), timeout=120)
+        assert res.returncode == 0, res.stderr
+        spec = json.loads((out / "sweep.json").read_text())
+        assert (spec["ticks"], spec["panic_budget"]) == expected
+        (cell,) = (out / "runs").iterdir()
+        assert (_config_of(cell)["max_ticks"], _config_of(cell)["panic_budget"]) == expected
+
+
+def test_a_negative_probe_interval_is_refused(tmp_path):
+    folder = make_task(tmp_path)
+    assert_one_line_error(cli("run", str(folder), "--model", "scripted:x.yaml", "--probe-every", "-1"), 2,
+                          "probe_every: Input should be greater than or equal to 0")
+
+
+def test_a_missing_bwrap_is_one_line_and_leaves_no_directory(tmp_path):
+    folder = make_task(tmp_path)
+    script = tmp_path / "s.yaml"
+    script.write_text(READ)
+    config = tmp_path / "kernel.yaml"
+    config.write_text("sandbox: bwrap\n")
+    res = subprocess.run([sys.executable, "-m", "bloodwork.cli", "run", str(folder), "--model", f"scripted:{script}",
+                          "--out", str(tmp_path / "runs"), "--config", str(config)], capture_output=True, text=True,
+                         env=_env(PATH=str(tmp_path / "no-bwrap-here")), timeout=120)
+    assert_one_line_error(res, 2, "bwrap")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_run_id_that_leaves_the_output_folder_is_refused(tmp_path):
+    folder = make_task(tmp_path)
+    script = tmp_path / "s.yaml"
+    script.write_text(READ)
+    out = tmp_path / "a" / "b"
+    assert_one_line_error(cli("run", str(folder), "--model", f"scripted:{script}", "--out", str(out), "--run-id",
+                              "../../x"), 2, "run id '../../x' contains '/'")
+    assert not (tmp_path / "x").exists() and list(out.iterdir()) == []
+
+
+def test_show_refuses_a_negative_last(tmp_path):
+    assert_one_line_error(cli("show", str(tmp_path), "--last", "-3"), 2, "--last must be 0")
+
+
+@pytest.mark.parametrize(("rate", "needle"), [
+    ("exec_timeout=2", "chaos rate for exec_timeout must be within 0..1, got 2.0"),
+    ("bogus=0.1", "unknown chaos kind 'bogus'"),
+])
+def test_a_bad_rate_says_which_and_why(tmp_path, rate, needle):
+    folder = make_task(tmp_path)
+    assert_one_line_error(cli("run", str(folder), "--model", "scripted:x.yaml", "--rate", rate), 2, needle)

@@ -95,3 +95,70 @@ def test_valid_frames_round_trip(thought, q, op):
     again = parse(result.frame.model_dump_json(exclude_none=True))
     assert again.strict_ok and again.frame == result.frame
     assert Frame.model_validate_json(raw) == result.frame
+
+
+def _objects_reference(text: str) -> list:
+    """The plain algorithm the parser's search must agree with: try `raw_decode` at every `{`."""
+    decoder, found, i = json.JSONDecoder(), [], text.find("{")
+    while i != -1:
+        try:
+            obj, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        found.append(obj)
+        i = text.find("{", end)
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(['{', '}', '"', ':', ',', '[', ']', ' ', '\n', 'a', '1', '-', 'tru', '\\', '{"a":',
+                                 '"x"', json.dumps(GOOD), '{"k": "' + "v" * 70 + '"}', "-Infinity", "\\u12"]),
+                max_size=60))
+def test_object_search_finds_what_the_plain_decoder_finds(parts):
+    from bloodwork.isa import _objects_in
+
+    text = "".join(parts)
+    try:
+        expected = _objects_reference(text)
+    except RecursionError:
+        return
+    assert _objects_in(text) == expected
+
+
+class CountingDecoder(json.JSONDecoder):
+    """Counts what each decode attempt is handed: the parser's work on a text, whatever the machine's speed."""
+
+    chars = 0
+    calls = 0
+
+    def raw_decode(self, s, idx=0):
+        CountingDecoder.chars += len(s) - idx
+        CountingDecoder.calls += 1
+        return super().raw_decode(s, idx)
+
+
+@pytest.mark.parametrize("text", [
+    "{" * 299_000,                                  # was 12 s: each failure counted the lines before it
+    '{"a":1,' * 40_000,                             # an object start every 7 characters, none closing
+    '{"a":' * 900 + "x" * 290_000,                  # deep and unclosed, then garbage
+    'prose {"thought": "' + "y" * 290_000,          # one string that never ends
+])
+def test_hostile_text_costs_linear_decode_work(monkeypatch, text):
+    import time
+
+    from bloodwork import isa
+
+    monkeypatch.setattr(isa, "_decoder", CountingDecoder())
+    CountingDecoder.chars = CountingDecoder.calls = 0
+    started = time.perf_counter()
+    result = parse(text)
+    elapsed = time.perf_counter() - started
+    assert not result.lenient_ok
+    assert CountingDecoder.chars <= 12 * len(text), (CountingDecoder.calls, CountingDecoder.chars)
+    assert elapsed < 10, elapsed  # loose: a shared, loaded machine; the quadratic parser took 12 s on the first
+
+
+def test_a_frame_after_hostile_text_is_still_found():
+    result = parse("{" * 50_000 + " " + json.dumps(GOOD))
+    assert result.lenient_ok and result.frame is not None and result.violation == Violation.PROSE_AROUND

@@ -54,3 +54,14 @@ def test_a_different_grid_in_the_same_directory_is_refused(tmp_path):
     with pytest.raises(SweepError):
         Sweep(SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[1]),
               tmp_path / "s").prepare()
+
+
+def test_sweeps_that_differ_only_by_kernel_config_make_different_run_ids(tmp_path):
+    from bloodwork.kernel import KernelConfig
+
+    default = KernelConfig().model_dump(exclude={"max_ticks", "panic_budget"})
+    window = {**default, "context": {**default["context"], "policy": "window"}}
+    grid = {"tasks": ["long-haul/ledger"], "models": ["scripted:x.yaml"], "chaos": ["off"], "seeds": [0]}
+    plain, pinned, windowed = (cells(SweepSpec(**grid, config=c))[0].cell_id for c in ({}, default, window))
+    assert plain == pinned == "long-haul-ledger__scripted-x-yaml__off__s0"  # default sweeps keep their ids
+    assert windowed.startswith(plain + "__k") and windowed != plain

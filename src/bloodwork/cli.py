@@ -10,14 +10,15 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
+from rich.table import Column, Table
 
 from bloodwork import isa
 from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
-from bloodwork.chronos.journal import verify as verify_journal
+from bloodwork.chronos.journal import JournalHead
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.console import console, err_console, fail, one_line, progress
-from bloodwork.kernel import Kernel, KernelConfig, KernelCrash, KernelError, RunResult
+from bloodwork.kernel import Kernel, KernelCrash, KernelError, RunResult
+from bloodwork.kernel.config import ConfigError, load_config
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.base import TaskError
@@ -30,7 +31,7 @@ isa_app = typer.Typer(help="The syscall frame the model must emit.", no_args_is_
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(isa_app, name="isa")
 
-USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError)
+USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, ConfigError, KernelError, ValidationError, OSError)
 
 
 class UserError(Exception):
@@ -73,17 +74,22 @@ def _print_result(result: RunResult) -> None:
 
 @app.command()
 def run(
-    task: Annotated[str, typer.Argument(help="Built-in task id (see `bloodwork tasks list`) or a task folder.")],
+    task: Annotated[str, typer.Argument(help="Task id (built-in or on BLOODWORK_TASK_PATH, see `bloodwork tasks "
+                                             "list`), a task folder, or a repo-fix instance file (YAML/JSON).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Model spec, e.g. local:smollm2, scripted:FILE.")] =
     "local:smollm2",
-    ticks: Annotated[int, typer.Option("--ticks", "-n", help="Maximum ticks.")] = 200,
+    ticks: Annotated[int | None, typer.Option("--ticks", "-n", help="Maximum ticks; overrides $BLOODWORK_TICKS, "
+                                              "which overrides --config [default: 200].", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the fault plan and the model's sampling.")] = 0,
-    panic_budget: Annotated[int, typer.Option(help="Panics before the run dies.")] = 3,
+    panic_budget: Annotated[int | None, typer.Option(help="Panics before the run dies; overrides "
+                                                     "$BLOODWORK_PANIC_BUDGET, which overrides --config [default: 3].",
+                                                     show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Folder that receives the run directory.")] = Path("runs"),
     run_id: Annotated[str | None, typer.Option(help="Name of the run directory (default: generated).")] = None,
     chaos: Annotated[str, typer.Option(help="Chaos profile: off, default, heavy, or a YAML file.")] = "off",
     rate: Annotated[list[str] | None, typer.Option(help="Override one chaos rate, KIND=RATE (repeatable).")] = None,
-    config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Kernel config YAML (thresholds, context, limits); the "
+                                                "environment and explicit flags override it.")] = None,
     policy: Annotated[str | None, typer.Option(help="Context policy: pinned, window, masked, unbounded.")] = None,
     budget: Annotated[int | None, typer.Option(help="Context budget in tokens.")] = None,
     probe_every: Annotated[int | None, typer.Option(help="Ask a goal probe every K ticks (0 = off).")] = None,
@@ -92,12 +98,15 @@ def run(
 ) -> None:
     """Run TASK with MODEL until it halts, dies or runs out of ticks.
 
+    TASK is a built-in id (`long-haul/ledger`, `repo-fix/<instance>`, `ops-blindbox/<scenario>`), the id of a
+    task on BLOODWORK_TASK_PATH (e.g. `repo-fix/<id>` after `bloodwork tasks import`), a task folder, or a
+    repo-fix instance file. A repo-fix task prepares its environment first (built once, then cached).
+
     Example: bloodwork run long-haul/ledger --model scripted:expert.py --ticks 60 --chaos default --seed 7
     """
     try:
-        cfg = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=policy, budget=budget)
-        if probe_every is not None:
-            cfg.probe_every = probe_every
+        cfg = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget, "context.policy": policy,
+                                         "context.budget_tokens": budget, "probe_every": probe_every})
         profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
         the_task = load_task(task)
         options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
@@ -120,33 +129,6 @@ def _writable(folder: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _kernel_config(path: Path | None, **overrides: Any) -> KernelConfig:
-    import os
-
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a kernel config must be a mapping")
-    for key, var in (("max_ticks", "BLOODWORK_TICKS"), ("panic_budget", "BLOODWORK_PANIC_BUDGET")):
-        if var in os.environ:
-            data[key] = os.environ[var]
-    data["max_ticks"] = overrides["ticks"]
-    data["panic_budget"] = overrides["panic_budget"]
-    ctx = dict(data.get("context") or {})
-    if overrides.get("policy"):
-        ctx["policy"] = overrides["policy"]
-    if overrides.get("budget"):
-        ctx["budget_tokens"] = overrides["budget"]
-    data["context"] = ctx
-    return KernelConfig.model_validate(data)
 
 
 def _parse_rates(items: list[str]) -> dict[str, float]:
@@ -186,22 +168,49 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to co
 
 
 @app.command()
-def verify(run_dir: Annotated[Path, typer.Argument(help="The run directory whose journal to check.")]) -> None:
-    """Check the journal's hash chain. Exit 1 at the first bad line; a torn last line is only reported.
+def verify(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory or a death bundle.")],
+    head: Annotated[str | None, typer.Option(help="The head SEQ:HASH you hold from elsewhere (e.g. a bundle's "
+                                             "manifest.json); the journal must end exactly there.")] = None,
+) -> None:
+    """Check the journal's hash chain and that it ends exactly at its committed head. Exit 1 if not.
 
-    Example: bloodwork verify runs/my-run
+    The head comes from registers.json (a run) or manifest.json (a death bundle, whose files are checked
+    against their sha256 too); `--head` pins one you keep elsewhere. A torn last line is only reported.
+
+    Example: bloodwork verify runs/my-run --head 41:5d1c0f...
     """
+    from bloodwork.evidence.extract import verify_run_or_bundle
+
     paths = RunPaths(run_dir)
     if not paths.journal.is_file():
         fail(f"{run_dir} has no .journal.log")
-    report = verify_journal(paths.journal)
+    try:
+        pinned = _parse_head(head) if head else None
+    except UserError as err:
+        fail(str(err))
+    report = verify_run_or_bundle(run_dir)
+    if report.ok and pinned is not None and pinned != report.head:
+        report = report.model_copy(update={"ok": False, "first_bad_seq": None, "reason": (
+            f"the journal ends at the head {report.head} named by {report.anchor}, not at --head {pinned}")})
     if report.torn_tail:
         console.print("note: the last line is torn (a crash mid-write); it is ignored")
     if not report.ok:
-        err_console.print(f"[red]journal broken[/red] at seq {report.first_bad_seq} (line {report.first_bad_line}): "
-                          f"{report.reason}")
+        where = f" at seq {report.first_bad_seq} (line {report.first_bad_line})" if report.first_bad_seq is not None \
+            else ""
+        err_console.print(f"[red]journal broken[/red]{where}: {report.reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print(f"journal ok: {report.events} events, head {report.last_hash[:16]}")
+    console.print(f"journal ok: {report.events} events, ending at the committed head named by {report.anchor}"
+                  f"{' and --head' if pinned else ''}: {report.events - 1}:{report.last_hash}")
+
+
+def _parse_head(text: str) -> JournalHead:
+    seq, _, digest = text.partition(":")
+    try:
+        return JournalHead(seq=int(seq), hash=digest.lower())
+    except ValueError as err:
+        raise UserError(f"--head {text!r}: give SEQ:HASH, the last event's sequence number and its 64 hex digits") \
+            from err
 
 
 @app.command()
@@ -213,6 +222,8 @@ def show(
 
     Example: bloodwork show runs/my-run --last 40
     """
+    if last < 0:
+        fail(f"--last must be 0 (all) or a number of ticks, got {last}")
     try:
         paths, manifest = _load_run(run_dir)
     except (UserError, *USER_ERRORS) as err:
@@ -269,39 +280,72 @@ def sweep(
     chaos: Annotated[str, typer.Option(help="Profiles (off,default,heavy,FILE) or KIND=RATE entries; "
                                             "separate entries with ';' when an entry has commas.")] = "default",
     seeds: Annotated[str, typer.Option(help="Seeds: 0-3,7.")] = "0",
-    ticks: Annotated[int, typer.Option(help="Maximum ticks per run.")] = 60,
-    panic_budget: Annotated[int, typer.Option(help="Panics before a run dies.")] = 3,
-    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec).")] = 2,
+    ticks: Annotated[int | None, typer.Option(help="Maximum ticks per run; overrides $BLOODWORK_TICKS, "
+                                              "which overrides --config [default: 60].", show_default=False)] = None,
+    panic_budget: Annotated[int | None, typer.Option(help="Panics before a run dies; overrides "
+                                                     "$BLOODWORK_PANIC_BUDGET, which overrides --config [default: 3].",
+                                                     show_default=False)] = None,
+    workers: Annotated[int, typer.Option(help="Runs in parallel (they share one loaded model per spec); with "
+                                              "--engine ray, the CPUs of the Ray instance the sweep starts.")] = 2,
     out: Annotated[Path, typer.Option(help="Sweep directory (run it again to resume).")] = Path("runs/sweep"),
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
     = None,
+    engine: Annotated[str, typer.Option(help="local (threads in this process) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray only: the cluster (default RAY_ADDRESS; without "
+                                                         "either, a local Ray instance lives for this sweep).")]
+    = None,
+    shared_out: Annotated[bool, typer.Option(help="Ray only: --out is on a filesystem every node shares; runs "
+                                                  "write there directly instead of being shipped back.")] = False,
+    retries: Annotated[int, typer.Option(help="Ray only: new attempts for a run whose worker or node died.")] = 2,
 ) -> None:
     """Run a grid of tasks x models x chaos x seeds in parallel; finished runs are kept on a rerun.
 
     Example: bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --chaos default,heavy --seeds 0-3
     --ticks 60 --workers 2 --out runs/sweep1
+
+    Example (a Ray cluster): bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --seeds 0-63
+    --engine ray --ray-address 10.0.0.5:6379 --out runs/sweep2
     """
     from bloodwork.sweep import Sweep, SweepError, SweepSpec
 
+    if engine not in ("local", "ray"):
+        fail(f"--engine {engine!r}: use local or ray")
+    if engine == "local" and (ray_address or shared_out or retries != 2):
+        fail("--ray-address, --shared-out and --retries apply to --engine ray only")
     try:
-        base = _kernel_config(config, ticks=ticks, panic_budget=panic_budget, policy=None, budget=None)
+        base = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget},
+                           defaults={"max_ticks": SweepSpec.model_fields["ticks"].default})
         options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
-                         ticks=ticks, panic_budget=panic_budget, workers=workers,
+                         ticks=base.max_ticks, panic_budget=base.panic_budget, workers=workers,
                          config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options)
-        runner = Sweep(spec, out)
+        if engine == "ray":
+            from bloodwork.sweep_ray import RaySweep
+
+            runner: Any = RaySweep(spec, out, address=ray_address, shared_out=shared_out, retries=retries)
+        else:
+            runner = Sweep(spec, out)
         runner.prepare()
+        if engine == "ray":
+            try:
+                runner.connect()  # a local Ray instance takes seconds to start
+            except KeyboardInterrupt:
+                runner.close()
+                err_console.print("interrupted before any run started")
+                raise typer.Exit(130) from None
     except (UserError, SweepError, *USER_ERRORS) as err:
         fail(one_line(err))
     from bloodwork.sweep import cells
 
     grid = cells(spec)
     pending = {c.cell_id for c in runner.pending()}
-    console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {workers} workers")
+    where = f"{workers} workers" if engine == "local" else f"Ray at {runner.address or 'a local instance'}"
+    console.print(f"sweep {out}: {len(grid)} runs, {len(grid) - len(pending)} already finished, {where}")
     with progress("sweep", transient=False) as bar_view:
         overall = bar_view.add_task("", total=len(grid), completed=len(grid) - len(pending))
         lines: dict[str, Any] = {}
+        nodes: dict[str, Any] = {}
 
         def on_tick(cell_id: str, info: dict[str, Any]) -> None:
             if cell_id not in lines:
@@ -315,10 +359,29 @@ def sweep(
                 bar_view.advance(overall)
                 bar_view.update(overall, description=f"last: {res.status}")
                 if res.error:
-                    err_console.print(f"[red]{res.cell_id} crashed:[/red] {res.error}")
+                    err_console.print(f"[red]{res.cell_id} {res.status}:[/red] {res.error}")
+
+        def on_progress(p: Any) -> None:  # the Ray engine: per node, then the runs going on
+            for label, n in p.nodes.items():
+                if label not in nodes:
+                    nodes[label] = bar_view.add_task("", total=len(grid))
+                bar_view.update(nodes[label], completed=n.done,
+                                description=f"node {label}: {n.running} running, {n.failed} failed")
+            going = {r.cell_id: r for r in p.running}
+            for cell_id in [c for c in lines if c not in going]:
+                bar_view.remove_task(lines.pop(cell_id))
+            for r in going.values():
+                if r.cell_id not in lines:
+                    lines[r.cell_id] = bar_view.add_task("", total=spec.ticks)
+                bar_view.update(lines[r.cell_id], completed=0 if r.tick is None else r.tick + 1,
+                                description=f"{r.cell_id[:50]} on {r.node}" + (f" (attempt {r.attempt})"
+                                                                                 if r.attempt > 1 else ""))
 
         try:
-            results = runner.run(on_cell=on_cell, on_tick=on_tick)
+            if engine == "ray":
+                results = runner.run(on_cell=on_cell, on_progress=on_progress)
+            else:
+                results = runner.run(on_cell=on_cell, on_tick=on_tick)
         except KeyboardInterrupt:
             err_console.print("interrupted: rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -326,6 +389,14 @@ def sweep(
             runner.close()
     counts = Counter(r.status for r in results)
     console.print("runs by status: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    retried = [r for r in results if getattr(r, "attempts", 1) > 1]
+    if retried:
+        console.print(f"retried after a worker or node died: {len(retried)} runs (every attempt: "
+                      f"{out}/ray_attempts.jsonl)")
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        err_console.print(f"{len(failed)} runs could not be run; rerun the same command to try them again")
+        raise typer.Exit(1)
     console.print(f"next: bloodwork extract {out} --out {out}/evidence")
 
 
@@ -342,7 +413,9 @@ def extract(
     from bloodwork.evidence.extract import extract as run_extract
 
     try:
-        report = run_extract(inputs, out, generator="bloodwork extract " + " ".join(sys.argv[2:]))
+        # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
+        generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
+        report = run_extract(inputs, out, generator=generator)
     except (ExtractError, *USER_ERRORS) as err:
         fail(one_line(err))
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
@@ -359,15 +432,18 @@ def replay(
     run_dir: Annotated[Path, typer.Argument(help="A run directory or a death bundle.")],
     out: Annotated[Path, typer.Option(help="Folder that receives the replayed run.")] = Path("runs/replays"),
 ) -> None:
-    """Re-run a run from its raw outputs and seeds; exit 1 if its ticks, traps or death differ.
+    """Re-run a run from its raw outputs and seeds; exit 1 if its ticks, traps or death differ, or if its journal
+    does not verify (a cut or rewritten journal is refused, never "reproduced").
 
     Example: bloodwork replay runs/sweep1/evidence/deaths/<run_id>
     """
-    from bloodwork.evidence.replay import replay_run
+    from bloodwork.evidence.replay import ReplayRefused, replay_run
 
     try:
         _load_run(run_dir)
         report = replay_run(run_dir, out)
+    except ReplayRefused as err:
+        fail(f"refused: {err}", code=1)
     except (UserError, *USER_ERRORS) as err:
         fail(one_line(err))
     except KernelCrash as err:
@@ -431,63 +507,101 @@ def serve(
 
 @tasks_app.command("list")
 def tasks_list() -> None:
-    """List the built-in tasks.
+    """List the built-in tasks, then those found on BLOODWORK_TASK_PATH.
 
-    Example: bloodwork tasks list
+    Example: BLOODWORK_TASK_PATH=tasks/mine bloodwork tasks list
     """
-    table = Table("id", "kind", "synthetic", "verifier")
-    for task in list_tasks():
+    table = Table(Column("id", no_wrap=True), "kind", "synthetic", "from", "verifier")
+    try:
+        tasks = list_tasks()
+    except USER_ERRORS as err:
+        fail(one_line(err))
+    for task in tasks:
         meta = task.metadata
-        table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")), str(meta.get("verifier", ""))[:60])
+        table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")),
+                      str(meta.get("task_folder", "built-in")), str(meta.get("verifier", ""))[:60])
     console.print(table)
 
 
 @tasks_app.command("import")
 def tasks_import(
-    file: Annotated[Path, typer.Argument(help="SWE-bench-style JSONL (instance_id, repo, base_commit, ...).")],
-    repo_dir: Annotated[Path, typer.Option(help="A local git checkout of the instances' repository.")],
-    out: Annotated[Path, typer.Option(help="Folder for the instance files.")] = Path("tasks/imported"),
+    file: Annotated[Path, typer.Argument(help="SWE-bench-style JSONL, one instance a line (fields: see README, "
+                                              "'Bring your own repo-fix instance').")],
+    repo_dir: Annotated[Path, typer.Option(help="A local git checkout holding every row's base_commit.")],
+    out: Annotated[Path, typer.Option(help="Folder that receives one task folder per instance.")] =
+    Path("tasks/imported"),
 ) -> None:
-    """Import SWE-bench-style instances; each becomes a file runnable with `bloodwork run FILE`.
+    """Import SWE-bench-style instances into self-contained task folders (instance.yaml + base.tar.gz).
 
-    Example: bloodwork tasks import instances.jsonl --repo-dir ~/src/sqlparse --out tasks/sqlparse
+    Required per row: instance_id, repo, base_commit, problem_statement, FAIL_TO_PASS, patch, test_patch.
+    Every row is checked first (fields, base commit, and that pytest collects every test id in the
+    instance's own environment, built and cached on first use); a bad row refuses the whole file.
+    Run an imported task by path (`bloodwork run OUT/ID`) or by id with BLOODWORK_TASK_PATH=OUT.
+
+    Example: bloodwork tasks import rows.jsonl --repo-dir ~/src/click --out tasks/click
     """
-    from bloodwork.tasks.repofix.instance import import_instances, write_instance
+    from bloodwork.tasks.repofix.importer import import_instances
 
     try:
-        instances = import_instances(file, repo_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for inst in instances:
-            write_instance(inst, out / f"{inst.instance_id}.yaml")
+        with err_console.status("checking the rows (the first import of a repo/version builds its environment)"):
+            imported = import_instances(file, repo_dir, out)
     except USER_ERRORS as err:
         fail(one_line(err))
-    console.print(f"imported {len(instances)} instances into {out}")
+    for item in imported:
+        for warning in item.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    table = Table("instance", "folder", "test ids collected", "environment")
+    for item in imported:
+        table.add_row(item.instance_id, str(item.folder), str(item.collected), str(item.environment.get("key", "")))
+    console.print(table)
+    console.print(f"imported {len(imported)} instances into {out}; run one with "
+                  f"`BLOODWORK_TASK_PATH={out} bloodwork run repo-fix/{imported[0].instance_id}`", highlight=False)
 
 
 @tasks_app.command("validate")
 def tasks_validate(
-    ids: Annotated[list[str] | None, typer.Argument(help="Instance ids or instance files (default: all built-in).")]
-    = None,
+    ids: Annotated[list[str] | None, typer.Argument(
+        help="Instance ids (built-in or on BLOODWORK_TASK_PATH), instance files or task folders "
+             "(default: every built-in instance).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON (every run's evidence).")]
+    = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each pytest run: command, exit code, "
+                                                                  "pytest's own errors, output tail.")] = False,
 ) -> None:
-    """Check each repo-fix instance: the base code fails FAIL_TO_PASS, the gold patch passes every hidden test.
+    """Check each repo-fix instance: every test id collected, the base fails FAIL_TO_PASS, the gold patch passes all.
 
-    Example: bloodwork tasks validate sqlparse-784
+    Exit 1 if any instance fails its check.
+
+    Example: bloodwork tasks validate sqlparse-784 --verbose
     """
-    from bloodwork.tasks.repofix.instance import builtin_instance, load_instance_file
+    from bloodwork.tasks.registry import find_instance
     from bloodwork.tasks.repofix.validate import validate_instances
 
     try:
-        chosen = [load_instance_file(Path(i)) if Path(i).is_file() else builtin_instance(i) for i in ids] if ids \
-            else None
-        with err_console.status("validating (the first run downloads the pinned sdists)"):
+        chosen = [find_instance(i) for i in ids] if ids else None
+        with err_console.status("validating (the first run downloads the sdists and builds the environments)"):
             results = validate_instances(chosen)
     except USER_ERRORS as err:
         fail(one_line(err))
-    table = Table("instance", "ok", "base fails F2P", "gold passes all", "problems", "seconds")
-    for r in results:
-        table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.base_fails_f2p),
-                      str(r.gold_passes_all), "; ".join(r.problems)[:80], f"{r.duration_s:.1f}")
-    console.print(table)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json", exclude=None if verbose else {"runs"}) for r in results],
+                         indent=2))
+    else:
+        table = Table("instance", "ok", "all collected", "base fails F2P", "gold passes all", "problems", "seconds")
+        for r in results:
+            table.add_row(r.instance_id, "yes" if r.ok else "[red]NO[/red]", str(r.collected_all),
+                          str(r.base_fails_f2p), str(r.gold_passes_all), "; ".join(r.problems)[:300],
+                          f"{r.duration_s:.1f}")
+        console.print(table)
+        if verbose:
+            for r in results:
+                console.rule(f"{r.instance_id}: environment {r.environment.get('key', '(none)')}")
+                for run in r.runs:
+                    console.print(f"[bold]{run.tree}[/bold] exit {run.exit_code}"
+                                  f"{' (timed out)' if run.timed_out else ''}: {run.command}", highlight=False)
+                    for line in run.errors:
+                        console.print(f"  {line}", highlight=False, markup=False)
+                    console.print(run.output_tail[-1500:], highlight=False, markup=False)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
 
@@ -502,12 +616,14 @@ def isa_schema() -> None:
 
 
 def _register_upper_layers() -> None:
-    """Dataset, training and matrix commands live with their packages; they add themselves here."""
+    """Dataset, training, matrix and campaign commands live with their packages; they add themselves here."""
+    from bloodwork.campaign.cli import register as register_campaign
     from bloodwork.data.cli import register as register_data
     from bloodwork.matrix.cli import register as register_matrix
 
     register_data(app)
     register_matrix(app)
+    register_campaign(app)
 
 
 _register_upper_layers()

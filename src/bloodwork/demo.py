@@ -9,6 +9,7 @@ is overwritten. About 6 minutes on a 2-core machine (the first run also converts
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,14 +17,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bloodwork.campaign.html import render_sweep
 from bloodwork.chronos.files import read_jsonl
-from bloodwork.chronos.journal import read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.run import RunManifest, RunPaths, verify_run
 from bloodwork.cli import app
 from bloodwork.evidence.extract import answered_tick_calls, call_times
 from bloodwork.evidence.stats import Distribution, percentile, wilson
 
-console = Console()
+# Piped into a log, rich would assume 80 columns and fold the run table into one-letter columns.
+console = Console(width=None if sys.stdout.isatty() else 220)
+COLUMNS = ("run", "status", "ticks", "panics", "traps", "strict viol.", "lenient viol.",
+           "model ms p50/p95 (+ queued p50)", "MTTR p50 ticks", "journal")
 
 
 def summarize(run_dir: Path) -> dict[str, object]:
@@ -41,7 +46,7 @@ def summarize(run_dir: Path) -> dict[str, object]:
             "strict": wilson(sum(not r["strict_ok"] for r in calls), len(calls)),
             "lenient": wilson(sum(not r["lenient_ok"] for r in calls), len(calls)),
             "model_ms": times.model_ms, "queued_ms": times.queued_ms,
-            "mttr": percentile(mttr, 50), "verified": verify(paths.journal).ok}
+            "mttr": percentile(mttr, 50), "verified": verify_run(paths).ok}
 
 
 def _ms(model: Distribution, queued: Distribution) -> str:
@@ -65,19 +70,25 @@ def main() -> None:
     app(["sweep", "--tasks", "long-haul/ledger", "--models", args.models, "--chaos", "default,heavy",
          "--seeds", args.seeds, "--ticks", str(args.ticks), "--workers", "2", "--out", str(sweep_dir),
          "--max-new-tokens", str(args.max_new_tokens)], **common)
-    table = Table(title="runs (traps marked * were injected by chaos)", show_lines=True)
-    for col in ("run", "status", "ticks", "panics", "traps", "strict viol.", "lenient viol.",
-                "model ms p50/p95 (+ queued p50)", "MTTR p50 ticks", "journal"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for run in sorted((sweep_dir / "runs").iterdir()):
         s = summarize(run)
-        table.add_row(str(s["run"]), f"{s['status']} {s['cause']}".strip(), str(s["ticks"]), str(s["panics"]),
-                      str(s["traps"]), str(s["strict"]), str(s["lenient"]), _ms(s["model_ms"], s["queued_ms"]),
-                      str(s["mttr"]), "verified" if s["verified"] else "BROKEN")
+        rows.append(dict(zip(COLUMNS, (
+            str(s["run"]), f"{s['status']} {s['cause']}".strip(), str(s["ticks"]), str(s["panics"]), str(s["traps"]),
+            str(s["strict"]), str(s["lenient"]), _ms(s["model_ms"], s["queued_ms"]), str(s["mttr"]),
+            "verified" if s["verified"] else "BROKEN"), strict=True)))
+    table = Table(title="runs (traps marked * were injected by chaos)", show_lines=True)
+    for col in COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row.values())
     console.print(table)
     app(["extract", str(sweep_dir), "--out", str(evidence)], **common)
+    page = sweep_dir / "sweep.html"
+    page.write_text(render_sweep(sweep_dir, evidence, rows, f"bloodwork demo: {sweep_dir}"))
     console.print(f"\nruns:              {sweep_dir / 'runs'}\nreplay a death:    bloodwork replay "
-                  f"{evidence / 'deaths'}/<run_id>\ntimeline of a run: bloodwork show {sweep_dir / 'runs'}/<run_id>")
+                  f"{evidence / 'deaths'}/<run_id>\ntimeline of a run: bloodwork show {sweep_dir / 'runs'}/<run_id>\n"
+                  f"report page:       {page} (one file, no network)")
 
 
 if __name__ == "__main__":

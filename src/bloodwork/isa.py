@@ -118,6 +118,9 @@ class ParseResult(BaseModel):
 _frame_adapter = TypeAdapter(Frame)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _decoder = json.JSONDecoder()
+_OBJECT_START = re.compile(r'\{\s*["}]')  # \s is wider than JSON's whitespace: it only lets more through
+_FIRST_WINDOW = 64
+_LOOKAHEAD = 16
 
 
 def json_schema() -> dict[str, Any]:
@@ -160,18 +163,46 @@ def _validate(obj: Any) -> tuple[Frame | None, Violation | None, str]:
 
 
 def _objects_in(text: str) -> list[Any]:
-    """Every top-level JSON object found in free text, left to right, non-overlapping."""
+    """Every top-level JSON object found in free text, left to right, non-overlapping.
+
+    Linear in the text times the nesting depth of unclosed objects (which the decoder's recursion limit
+    bounds), where trying `raw_decode` at every `{` was quadratic: its `JSONDecodeError` counts the lines
+    before the error's position, so 300 KB of `{` took 12 s. A `{` that cannot open an object (not
+    followed by `"` or `}`) is skipped by a regex; each decode runs on a window copied from its start.
+    """
     found: list[Any] = []
-    i = text.find("{")
-    while i != -1:
-        try:
-            obj, end = _decoder.raw_decode(text, i)
-        except ValueError:
-            i = text.find("{", i + 1)
+    frontier = 0  # how far the last failed attempt read: the next one from inside it likely reads as far
+    start = _OBJECT_START.search(text)
+    while start is not None:
+        i = start.start()
+        ok, obj, end = _decode_object_at(text, i, max(_FIRST_WINDOW, frontier - i + 2 * _LOOKAHEAD))
+        if not ok:
+            frontier = end
+            start = _OBJECT_START.search(text, i + 1)
             continue
         found.append(obj)
-        i = text.find("{", end)
+        start = _OBJECT_START.search(text, end)
     return found
+
+
+def _decode_object_at(text: str, i: int, size: int) -> tuple[bool, Any, int]:
+    """What `raw_decode(text, i)` finds: (True, object, its end) or (False, None, how far it read).
+
+    The window grows (x4) while a failure may be the window's own end: an unterminated string (reported
+    at the string's start), or an error within the decoder's lookahead of the end (`-Infinity`, `\\uXXXX`).
+    A success inside the window is final: the object closed with its `}`.
+    """
+    while True:
+        window = text[i : i + size]
+        try:
+            obj, end = _decoder.raw_decode(window)
+        except json.JSONDecodeError as err:
+            cut_short = err.msg.startswith("Unterminated string") or err.pos >= len(window) - _LOOKAHEAD
+            if i + size >= len(text) or not cut_short:
+                return False, None, i + (len(window) if cut_short else err.pos)
+            size *= 4
+            continue
+        return True, obj, i + end
 
 
 def _lenient(text: str) -> tuple[Frame | None, Violation | None, str]:

@@ -158,6 +158,11 @@ def write_result(verb: str, path: str, size: int, changed: bool) -> str:
     return f"{verb}: {path} ({size} bytes, {'changed' if changed else 'unchanged (same content)'})"
 
 
+def is_write_result(slice_text: str, path: str, verb: str = "write") -> bool:
+    """Whether a slice is `write_result` for this path (a scripted expert's check that its write landed)."""
+    return slice_text.startswith(f"{verb}: {path} (")
+
+
 def edit_miss(path: str, count: int) -> str:
     why = "not found" if count == 0 else f"found {count} times (it must be unique)"
     return f"edit: {path}: search text {why}; nothing changed"
@@ -168,6 +173,19 @@ def exec_head(cmd: str, exit_code: int, size: int, timed_out_after: float | None
     timed_out = f", TIMED OUT after {timed_out_after:g}s" if timed_out_after is not None else ""
     head = f"$ {cmd}\n[exit {exit_code}{timed_out}, {size} bytes of output]\n"
     return head + (f"[{spawn_error}]\n" if spawn_error else "")
+
+
+# Heads written before 2026-11-28 held the wall-clock duration (`[exit 2, 0.41s, ...]`); a take-over or a
+# fork of such a run still reads them.
+_EXEC_HEAD = re.compile(r"\$ (.*?)\n\[exit (-?\d+)(, TIMED OUT after [^\],]*)?(?:, [\d.]+s)?, \d+ bytes of output\]\n",
+                        re.DOTALL)
+
+
+def split_exec_head(slice_text: str) -> tuple[str, int, bool, str] | None:
+    """(command, exit code, timed out, the rest) of a slice `exec_head` began, or None for any other slice.
+    The rest starts with the spawn error line when there was one."""
+    m = _EXEC_HEAD.match(slice_text)
+    return (m.group(1), int(m.group(2)), m.group(3) is not None, slice_text[m.end():]) if m else None
 
 
 def paging_note(size: int, sha256: str, spill: str, pages: int, page_chars: int, kept: int | None) -> str:

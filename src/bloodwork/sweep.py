@@ -10,8 +10,8 @@ cells, resumes interrupted ones and starts the rest.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -77,8 +77,18 @@ def _slug(text: str, limit: int = 40) -> str:
     return slug
 
 
+def _config_tag(spec: SweepSpec) -> str:
+    """A non-default kernel config puts its hash into the run ids: two sweeps that differ only by config
+    (a context policy, say) must not make runs with the same id, which extract and profile count once."""
+    default = KernelConfig().model_dump(exclude={"max_ticks", "panic_budget"})
+    if not spec.config or spec.config == default:
+        return ""
+    return "__k" + hashlib.sha256(json.dumps(spec.config, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def cells(spec: SweepSpec) -> list[Cell]:
-    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}", task=t, model=m, chaos=c, seed=s)
+    tag = _config_tag(spec)
+    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}{tag}", task=t, model=m, chaos=c, seed=s)
             for t in spec.tasks for m in spec.models for c in spec.chaos for s in spec.seeds]
 
 
@@ -113,6 +123,8 @@ class Sweep:
         self._oracle_lock = threading.Lock()
         self._kernels: dict[str, Kernel] = {}
         self._stopping = False
+        # What each run's manifest records as the command that made it (the Ray engine's nodes name the driver's).
+        self.command_line = ["bloodwork", "sweep", str(out)]
         # Validate everything that can be wrong before any run starts.
         self.profiles = {c: chaos_profile(c) for c in spec.chaos}
         self.tasks = {t: load_task(t) for t in spec.tasks}
@@ -148,12 +160,10 @@ class Sweep:
                               cause_of_death=m.cause_of_death, action="kept")
         task = load_task(cell.task)
         oracle = self.oracle(cell.model, cell.seed)
-        if state is None:
-            if run_dir.exists():  # a cell that died before its first commit: start it clean
-                shutil.rmtree(run_dir)
+        if state is None:  # never started, or killed before its first commit (create replaces that)
             kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
                                    chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
-                                   command_line=["bloodwork", "sweep", str(self.out)],
+                                   command_line=self.command_line,
                                    model_options={"seed": cell.seed, **self.spec.model_options})
             action = "ran"
         else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from bloodwork.chronos.journal import Journal, read_events, verify
+from bloodwork.chronos.journal import GENESIS, Journal, escape_surrogates, line_hash, read_events, verify
 
 
 def write_journal(path: Path, n: int = 10) -> None:
@@ -97,3 +99,104 @@ def test_every_single_byte_flip_is_detected(tmp_path):
         line = max(i for i, start in enumerate(line_starts) if start <= pos)
         assert not report.ok, f"flip at byte {pos} went unnoticed"
         assert report.first_bad_seq <= line
+
+
+# -- the committed head: what a chain alone cannot prove ----------------------------------------------------------
+
+def _rewrite(path: Path, events: list[dict]) -> None:
+    """What an attacker with write access does: write events with every hash recomputed (a valid chain)."""
+    path.unlink()
+    journal = Journal(path)
+    for e in events:
+        journal.stage(e["tick"], e["kind"], e["data"])
+    journal.close()
+
+
+def _cut_last(path: Path, events: list[dict]) -> None:
+    path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:-1]))
+
+
+def _truncate_half(path: Path, events: list[dict]) -> None:
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"".join(line + b"\n" for line in lines[: len(lines) // 2]))
+
+
+def _append_forged(path: Path, events: list[dict]) -> None:
+    report = verify(path)
+    journal = Journal(path, seq=report.events, prev=report.last_hash)
+    journal.stage(99, "halt", {"reason": "forged"})
+    journal.close()
+
+
+def _rewrite_middle(path: Path, events: list[dict]) -> None:
+    events[len(events) // 2]["data"] = {"i": -1, "text": "rewritten"}
+    _rewrite(path, events)
+
+
+def _fabricate(path: Path, events: list[dict]) -> None:
+    _rewrite(path, [{"tick": i, "kind": "tick", "data": {"i": i, "text": "made up"}} for i in range(len(events))])
+
+
+@pytest.mark.parametrize("tamper", [_cut_last, _truncate_half, _append_forged, _rewrite_middle, _fabricate])
+def test_a_chain_that_does_not_end_at_its_committed_head_fails(tmp_path, tamper):
+    path = tmp_path / ".journal.log"
+    journal = Journal(path)
+    for i in range(10):
+        journal.stage(i, "tick", {"i": i, "text": f"event {i}"})
+    journal.flush()
+    head = journal.head()
+    journal.close()
+    assert head.seq == 9 and verify(path, head).ok
+    tamper(path, [e.model_dump() for e in read_events(path)])
+    assert verify(path).ok, "the tampered chain is self-consistent: the chain alone proves nothing here"
+    report = verify(path, head)
+    assert not report.ok and report.reason
+    assert report.trusted <= head.seq + 1 and report.first_bad_seq is not None
+
+
+def test_trusted_events_stop_at_the_head_when_events_follow_it(tmp_path):
+    path = tmp_path / ".journal.log"
+    journal = Journal(path)
+    journal.stage(0, "tick", {})
+    journal.flush()
+    head = journal.head()
+    journal.stage(1, "tick", {})  # fsynced but never committed (the registers were not replaced)
+    journal.close()
+    report = verify(path, head)
+    assert not report.ok and report.trusted == 1 and report.first_bad_seq == 1
+    assert "after the committed head" in report.reason
+
+
+def test_the_head_before_any_event_is_genesis(tmp_path):
+    path = tmp_path / ".journal.log"
+    journal = Journal(path)
+    head = journal.head()
+    journal.close()
+    assert (head.seq, head.hash) == (-1, GENESIS) and verify(path, head).ok
+
+
+# -- raw model text that UTF-8 cannot hold ---------------------------------------------------------------------
+
+def test_hash_formula_is_unchanged_for_text_utf8_can_hold():
+    body = {"seq": 0, "ts": 1.5, "tick": 0, "kind": "tick", "data": {"t": "ünïcode ✓ 😀", "n": [1, 2]},
+            "prev": GENESIS}
+    expected = hashlib.sha256((GENESIS + json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                                    ensure_ascii=False)).encode("utf-8")).hexdigest()
+    assert line_hash(GENESIS, body) == expected
+
+
+def test_lone_surrogates_are_journaled_losslessly(tmp_path):
+    path = tmp_path / ".journal.log"
+    texts = ["\ud800", "a\udcffb", "\ude00\ud83d", "pair \ud83d\ude00 joins", "\\ud800 is six ASCII characters"]
+    journal = Journal(path)
+    for text in texts:
+        journal.stage(0, "probe", {"answer": text, text: "as a key too"})
+    journal.close()
+    raw = path.read_bytes()
+    raw.decode("utf-8")  # valid UTF-8, whatever the model sent
+    report = verify(path)
+    assert report.ok and report.events == len(texts)
+    answers = [e.data["answer"] for e in read_events(path)]
+    assert answers[:3] == texts[:3] and answers[4] == texts[4]
+    assert answers[3] == "pair 😀 joins"  # JSON reads an escaped pair as the character it encodes
+    assert escape_surrogates("\ud800x") == "\\ud800x" and escape_surrogates("plain ✓") == "plain ✓"

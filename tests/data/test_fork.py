@@ -151,3 +151,36 @@ def test_labels_come_from_the_branch_journal():
     label, contradictory, evidence = label_branch([tick(4), event(5, "panic", cause="WATCHDOG")], 4, 2)
     assert (label, contradictory) == ("progressed", True) and "panic" in evidence[0]
     assert label_branch([tick(4), event(6, "panic", cause="WATCHDOG")], 4, 2)[1] is False  # past the horizon
+
+
+# The run leaves a FIFO (and a symlink) in its workspace at tick 0; every branch is a copy of the rebuilt run.
+FIFO_POLICY = '''
+import json
+
+def frame(op):
+    return json.dumps({"thought": "t", "q_next": "q", "op": op})
+
+def policy(call, messages):
+    if call.purpose == "fork":
+        return frame({"name": "SYS_WRITE", "path": "fork%d.txt" % call.call_index, "content": "k"})
+    if call.tick == 0:
+        return frame({"name": "SYS_EXEC", "cmd": "mkfifo pipe && ln -s a.txt link.txt"})
+    return frame({"name": "SYS_WRITE", "path": "note%d.txt" % call.tick, "content": "n"})
+'''
+
+
+@requires_bwrap
+def test_a_fifo_in_the_workspace_is_left_out_of_each_branch(tmp_path: Path):
+    script = tmp_path / "policy.py"
+    script.write_text(FIFO_POLICY)
+    _, paths = Runner(tmp_path).run(str(script), run_id="src", max_ticks=3)
+    assert (paths.workspace / "pipe").is_fifo(), "the run made its FIFO"
+    record = fork_run(paths.root, 2, 2, out=tmp_path / "f", horizon=1)
+    assert [c.label for c in record.candidates] == ["progressed", "progressed"]
+    for c in record.candidates:
+        ws = Path(c.branch_dir) / "workspace"
+        assert not (ws / "pipe").exists() and not (ws / "pipe").is_symlink()
+        assert (ws / "note1.txt").read_text() == "n" and (ws / "sub" / "c.txt").read_text() == "gamma\n"
+        assert (ws / "link.txt").is_symlink() and (ws / "link.txt").readlink() == Path("a.txt")
+        assert (ws / f"fork{c.index}.txt").read_text() == "k"
+        assert any("left out of the branch's copy" in e and "pipe" in e for e in c.evidence), c.evidence

@@ -1,9 +1,9 @@
 """The trap detectors on labelled scripted trajectories (tests/kernel/trajectories.py).
 
 Healthy work traps nothing: a developer who edits and reruns a test suite with 5-20 KB of output forty
-times (the built-in tasks' experts are checked for zero traps where their tasks are tested). Pathological
-agents trap, panic and die at the tick the default thresholds imply. bench/detectors.py runs the whole set
-and prints each detector's confusion table.
+times, and every built-in task's reference policy (`expert:TASK`) from a fresh start with chaos off.
+Pathological agents trap, panic and die at the tick the default thresholds imply. bench/detectors.py runs
+the whole set and prints each detector's confusion table.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify
 from bloodwork.chronos.run import RunStatus
 from tests.conftest import events, requires_bwrap
-from tests.kernel.trajectories import REGIONS, trajectories
+from tests.kernel.trajectories import REGIONS, builtin_task_ids, expert_name, trajectories
 
 BY_NAME = {t.name: t for t in trajectories()}
 
@@ -43,6 +43,15 @@ def test_a_developer_rerunning_a_long_test_report_forty_times_traps_nothing(tmp_
     assert all(b["world"][0] != a["world"][0] for a, b in cycles)
     assert sum(a["seen"] == b["seen"] for a, b in cycles) >= 15
     assert len(REGIONS) == 40
+
+
+@requires_bwrap
+@pytest.mark.parametrize("task_id", builtin_task_ids())
+def test_every_builtin_tasks_expert_finishes_its_task_without_a_trap(tmp_path: Path, task_id: str):
+    result, paths = BY_NAME[expert_name(task_id)].run(tmp_path)
+    assert result.status == RunStatus.COMPLETED and result.verifier and result.verifier["passed"], result
+    assert events(paths, "trap") == [] and events(paths, "panic") == []
+    assert all(not r["traps"] for r in read_jsonl(paths.trace))
 
 
 @requires_bwrap

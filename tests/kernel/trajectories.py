@@ -22,7 +22,9 @@ from bloodwork.kernel import Kernel, KernelConfig, RunResult
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.base import Task
 from bloodwork.tasks.folder import FolderTask
-from bloodwork.tasks.registry import BUILTIN, load_task
+from bloodwork.tasks.ops import scenario_names
+from bloodwork.tasks.registry import BUILTIN, builtin_task_dirs, load_task
+from bloodwork.tasks.repofix import builtin_instances
 
 Label = Literal["healthy", "pathological"]
 DEFAULTS = KernelConfig()
@@ -70,9 +72,14 @@ class Trajectory:
         root.mkdir(parents=True, exist_ok=True)
         task, spec = self.build(root)
         cfg = KernelConfig.model_validate({"max_ticks": self.max_ticks, **(config or {})})
-        kernel = Kernel.create(task, make_oracle(spec), out_dir=root / "runs", config=cfg, seed=self.seed,
-                               chaos=ChaosProfile(name="off", rates={}), run_id=self.name)
-        return kernel.run(), kernel.paths
+        oracle = make_oracle(spec)
+        try:
+            kernel = Kernel.create(task, oracle, out_dir=root / "runs", config=cfg, seed=self.seed,
+                                   chaos=ChaosProfile(name="off", rates={}), run_id=self.name)
+            return kernel.run(), kernel.paths
+        finally:
+            if close := getattr(oracle, "close", None):
+                close()
 
 
 # -- tasks ---------------------------------------------------------------------------------------------------
@@ -176,8 +183,19 @@ def developer(cycles: int = 40, known: int = 22, flags: str = "-vv --tb=line -rA
     return build
 
 
-def expert(task_id: str, script: Path) -> Callable[[Path], tuple[Task, str]]:
-    return lambda root: (load_task(task_id), f"scripted:{script}")
+def expert(task_id: str) -> Callable[[Path], tuple[Task, str]]:
+    """The task's reference policy (`expert:TASK`, bloodwork.experts), on a fresh start of the task."""
+    return lambda root: (load_task(task_id), f"expert:{task_id}")
+
+
+# Every built-in task's expert, with the ticks it needs at most (a run that halts earlier ends there).
+EXPERT_TICKS = {"long-haul": 60, "repo-fix": 30, "ops-blindbox": 30}
+
+
+def builtin_task_ids() -> list[str]:
+    return ([str(d.relative_to(BUILTIN)) for d in builtin_task_dirs()]
+            + [f"repo-fix/{inst.instance_id}" for inst in builtin_instances()]
+            + [f"ops-blindbox/{s}" for s in scenario_names()])
 
 
 def replies_on_hello(replies: list[str]) -> Callable[[Path], tuple[Task, str]]:
@@ -234,14 +252,14 @@ def _healthy() -> list[Trajectory]:
     out.append(Trajectory("writer-check", "healthy", replies_on_hello(
         [r for i in range(12) for r in (frame({"name": "SYS_WRITE", "path": f"out/part{i}.txt", "content": f"{i}\n"}),
                                         exec_("cat out/*.txt | wc -l"))] + [fix, halt()]), 30))
-    experts = [("long-haul/ledger", BUILTIN / "long-haul/ledger/expert.py", 60),
-               ("repo-fix/inflection-humanize", BUILTIN / "repo-fix/experts/inflection-humanize.py", 30)]
-    experts += [(f"ops-blindbox/{s}", BUILTIN / "ops-blindbox/expert.py", 30)
-                for s in ("chmod", "config_corrupt", "kill9", "port_squat")]
-    for task_id, script, ticks in experts:
-        out.append(Trajectory(f"expert-{task_id.replace('/', '-')}", "healthy", expert(task_id, script), ticks,
-                              seed=11, notes="the task's scripted expert"))
+    for task_id in builtin_task_ids():
+        out.append(Trajectory(expert_name(task_id), "healthy", expert(task_id), EXPERT_TICKS[task_id.split("/")[0]],
+                              seed=11, notes="the task's reference policy (expert:TASK)"))
     return out
+
+
+def expert_name(task_id: str) -> str:
+    return "expert-" + task_id.replace("/", "-")
 
 
 def _pathological() -> list[Trajectory]:

@@ -229,3 +229,24 @@ def test_decode_speed_leaves_prefill_and_queueing_to_the_ttft():
     assert s.decode_tokens_per_s is not None and s.decode_tokens_per_s.n == 2
     assert s.decode_tokens_per_s.p50 == pytest.approx(10.0)  # 10/1 s and 20/2 s
     assert s.tokens_per_s.n == 4 and s.tokens_per_s.p50 < 5.6  # end to end, prefill included
+
+
+def test_a_reference_policy_is_the_perfect_row_scored_in_closed_loop_only(frozen, tmp_path: Path):
+    story, evalset, _ = frozen
+    spec = "expert:long-haul/ledger"
+    loop = LoopSpec(task="long-haul/ledger", runs=1, ticks=12, chaos="off")
+    report = run_matrix([spec], evalset, tmp_path / "m", MatrixOptions(loop=loop), generator="test")
+    [row] = report.rows
+    assert row.status == "ok" and row.provenance == "expert" and "reference policy, not a model" in row.label
+    assert row.scores is None and row.answers_file is None and row.states_scored == 0  # frozen states: no workspace
+    assert row.loop is not None and (row.loop.completed.k, row.loop.completed.n) == (1, 1)
+    md = (tmp_path / "m" / "model_matrix.md").read_text()
+    assert "closed-loop runs only" in md and "100% [" in md
+    clean = recount(tmp_path / "m")
+    assert clean.differences == [] and clean.loop_runs_recounted == 1 and clean.rows_recounted == 1
+    other_task = LoopSpec(task=str(story.runner.task_dir), runs=1, ticks=3, chaos="off")
+    for options, why in ((MatrixOptions(loop=other_task), "cannot run the loop task"),
+                         (MatrixOptions(loop=None), "closed-loop runs only")):
+        [refused] = run_matrix([spec], evalset, tmp_path / "n", options.model_copy(update={"fresh": True}),
+                               generator="test").rows
+        assert refused.status == "unavailable" and refused.loop is None and why in (refused.reason or "")

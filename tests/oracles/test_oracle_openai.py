@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bloodwork.oracles import OracleConfigError, make_oracle
+from bloodwork.oracles.openai_compat import scrub_key
 
 SECRET = "sk-test-SECRET-abcdef123456"
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -86,6 +87,9 @@ class FakeAPI(BaseHTTPRequestHandler):
         elif model == "401":
             masked = SECRET[:6] + "*" * 10 + SECRET[-4:]
             self._send(401, {"error": {"message": f"Incorrect API key provided: {SECRET} ({masked})"}})
+        elif model == "401tail":  # quotes only parts of the key, with nothing key-like around them
+            self._send(401, {"error": {"message": f"Invalid key ending in {SECRET[-10:]}; "
+                                                  f"did you mean {SECRET[8:16]}?"}})
         elif model == "slow":
             time.sleep(1.0)
             self._sse([*answer, "[DONE]"])
@@ -194,6 +198,22 @@ def test_auth_error_never_shows_the_key(api: str) -> None:
     assert SECRET not in everything and "abcdef123456" not in everything and "3456" not in everything
     assert "SECRET" not in everything
     assert "401" in (done.error or "")
+
+
+def test_auth_error_quoting_only_part_of_the_key_is_scrubbed(api: str) -> None:
+    done = make_oracle("openai:401tail", **FAST).complete(MESSAGES)
+    assert done.error_class == "auth" and "Invalid key ending in [key]" in (done.error or "")
+    for part in (SECRET[-10:], SECRET[-6:], SECRET[8:16], SECRET[10:16]):
+        assert part not in done.model_dump_json(), part
+
+
+def test_scrub_key_catches_every_quotation_of_six_characters_or_more() -> None:
+    key = "sk-live-0123456789abcdefXYZ"
+    assert scrub_key(f"a {key} b", key) == "a [key] b"
+    assert scrub_key(f"ends in {key[-10:]}, starts {key[:7]}.", key) == "ends in [key], starts [key]."
+    assert scrub_key(f"middle: {key[9:15]}!", key) == "middle: [key]!"
+    assert scrub_key(f"short: {key[-5:]} and 'the model' stays", key) == f"short: {key[-5:]} and 'the model' stays"
+    assert scrub_key("nothing here", "") == "nothing here"
 
 
 def test_unreachable_server_is_a_failed_call_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:

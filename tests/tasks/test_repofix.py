@@ -33,8 +33,9 @@ from bloodwork.tasks.repofix import (
     validate_instances,
     write_instance,
 )
+from bloodwork.tasks.repofix.importer import read_rows
 from bloodwork.tasks.repofix.instance import BUILTIN_DIR
-from bloodwork.tasks.repofix.judge import check_pr, is_testish, pytest_selectors, repro_kind, statuses_from_summary
+from bloodwork.tasks.repofix.judge import check_pr, is_testish, pytest_selectors, repro_kind
 from bloodwork.tasks.repofix.sources import fetch_sdist
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="verification runs the sandbox's python3")
@@ -76,7 +77,11 @@ GOOD = {"instance_id": "x-1", "repo": "o/x", "version": "1.0", "problem_statemen
 
 @pytest.mark.parametrize(("change", "expected"), [
     ({"FAIL_TO_PASS": []}, "FAIL_TO_PASS"),
-    ({"base_commit": "abc", "repo_dir": "/tmp"}, "either base_commit"),
+    ({"base_commit": "abc", "repo_dir": "/tmp"}, "exactly one of"),
+    ({"base_archive": {"path": "../b.tar", "sha256": "0" * 64}, "source_archive": None}, "inside the base tree"),
+    ({"PASS_TO_PASS": ["test_foo (app.tests.FooTest)"]}, "not a pytest node id"),
+    ({"FAIL_TO_PASS": ["test_symbol_name"]}, "Django- or SymPy-style"),
+    ({"python": "2.7"}, "python"),
     ({"patch": ""}, "patch and test_patch are required"),
     ({"source_archive": {"name": "x", "version": "1", "sha256": "nothex"}}, "source_archive.sha256"),
     ({"instance_id": "../evil"}, "instance_id"),
@@ -141,15 +146,23 @@ def _swe_row(commit: str, **extra: object) -> str:
 @needs_bwrap
 def test_import_swe_bench_jsonl_then_validate_and_run_as_a_task(tmp_path: Path, calc_repo: tuple[Path, str]) -> None:
     repo, commit = calc_repo
-    jsonl = _write(tmp_path / "calc.jsonl", _swe_row(commit) + "\n\n")
-    [inst] = import_instances(jsonl, repo)
-    assert inst.FAIL_TO_PASS == ["tests/test_calc.py::test_add"] and inst.repo_dir == str(repo.resolve())
+    jsonl = _write(tmp_path / "calc.jsonl", _swe_row(commit, timeout_s=60, env={"CALC_MODE": "strict"}) + "\n\n")
+    [item] = import_instances(jsonl, repo, tmp_path / "tasks")
+    assert item.collected == 2
+    assert item.warnings == [f"{jsonl}:1: ignored field(s): created_at (not used), environment_setup_commit (the "
+                             "environment is built from base_commit), hints_text (hints are not shown to the agent)"]
+    folder = tmp_path / "tasks" / "calc-1"
+    assert sorted(p.name for p in folder.iterdir()) == ["base.tar.gz", "instance.yaml"]
+    inst = load_instance_file(folder)
+    assert inst.FAIL_TO_PASS == ["tests/test_calc.py::test_add"] and inst.repo_dir is None
+    assert inst.base_commit == commit and inst.timeout_s == 60 and inst.env == {"CALC_MODE": "strict"}
+    assert str(repo) not in (folder / "instance.yaml").read_text(), "a task folder does not name the checkout"
     [check] = validate_instances([inst])
     assert check.ok, check.problems
-    saved = tmp_path / "calc-1.yaml"
-    write_instance(inst, saved)
-    task = load_task(str(saved))
-    assert isinstance(task, RepoFixTask) and task.source == str(saved.resolve())
+    assert check.collected_all and check.base == {"tests/test_calc.py::test_add": "FAILED",
+                                                  "tests/test_calc.py::test_zero": "PASSED"}
+    task = load_task(str(folder))
+    assert isinstance(task, RepoFixTask) and task.source == str(folder.resolve())
     ws = tmp_path / "ws"
     ws.mkdir()
     task.prepare(ws, seed=0)
@@ -165,27 +178,42 @@ def test_import_swe_bench_jsonl_then_validate_and_run_as_a_task(tmp_path: Path, 
 @pytest.mark.parametrize(("line", "expected"), [
     ("{not json", "not valid JSON"),
     ("[1]", "must be a JSON object"),
-    (json.dumps({"instance_id": "a"}), "repo"),
+    (json.dumps({"instance_id": "a"}), "missing required field(s): repo, base_commit, problem_statement"),
+    (json.dumps({"instance_id": "a", "repo": "r", "base_commit": "c", "problem_statement": "p", "FAIL_TO_PASS": "[]",
+                 "patch": "x", "test_patch": "y"}), "FAIL_TO_PASS"),
 ])
 def test_bad_jsonl_lines_are_one_typed_line(tmp_path: Path, calc_repo: tuple[Path, str], line: str,
                                             expected: str) -> None:
     repo, commit = calc_repo
     jsonl = _write(tmp_path / "in.jsonl", _swe_row(commit) + "\n" + line + "\n")
     with pytest.raises(InstanceError) as err:
-        import_instances(jsonl, repo)
+        import_instances(jsonl, repo, tmp_path / "out")
     assert f"{jsonl}:2:" in str(err.value) and expected in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out" / "calc-1").exists(), "a refused file writes nothing"
 
 
 def test_jsonl_checked_against_the_checkout(tmp_path: Path, calc_repo: tuple[Path, str]) -> None:
     repo, commit = calc_repo
+    (tmp_path / "plain").mkdir()
     with pytest.raises(InstanceError, match="not a git checkout"):
-        import_instances(_write(tmp_path / "a.jsonl", _swe_row(commit)), tmp_path)
+        read_rows(_write(tmp_path / "a.jsonl", _swe_row(commit)), tmp_path / "plain")
     with pytest.raises(InstanceError, match="is not in"):
-        import_instances(_write(tmp_path / "b.jsonl", _swe_row("f" * 40)), repo)
+        read_rows(_write(tmp_path / "b.jsonl", _swe_row("f" * 40)), repo)
     with pytest.raises(InstanceError, match="appears twice"):
-        import_instances(_write(tmp_path / "c.jsonl", _swe_row(commit) + "\n" + _swe_row(commit)), repo)
+        read_rows(_write(tmp_path / "c.jsonl", _swe_row(commit) + "\n" + _swe_row(commit)), repo)
     with pytest.raises(InstanceError, match="no instances"):
-        import_instances(_write(tmp_path / "d.jsonl", "\n"), repo)
+        read_rows(_write(tmp_path / "d.jsonl", "\n"), repo)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs to hand the checkout to another user")
+def test_a_checkout_git_refuses_for_ownership_is_reported_as_such(tmp_path: Path,
+                                                                  calc_repo: tuple[Path, str]) -> None:
+    repo, commit = calc_repo
+    subprocess.run(["chown", "-R", "65534:65534", str(repo)], check=True)
+    with pytest.raises(InstanceError) as err:
+        read_rows(_write(tmp_path / "a.jsonl", _swe_row(commit)), repo)
+    assert "dubious ownership" in str(err.value) and "safe.directory" in str(err.value)
+    assert "is not in" not in str(err.value)
 
 
 # -- sources ----------------------------------------------------------------------------------------
@@ -218,12 +246,7 @@ def test_sdist_cache_is_offline_and_checks_sha256(tmp_path: Path, monkeypatch: p
 
 # -- pieces of the verifier -------------------------------------------------------------------------
 
-def test_pytest_summary_parsing_and_selectors() -> None:
-    out = ("PASSED tests/t.py::test_a[x - y]\nFAILED tests/t.py::test_b - AssertionError: no\n"
-           "ERROR tests/t.py::test_c\n2 failed, 1 passed in 0.1s\n")
-    wanted = ["tests/t.py::test_a[x - y]", "tests/t.py::test_b", "tests/t.py::test_c", "tests/t.py::test_d"]
-    expected = dict(zip(wanted, ["PASSED", "FAILED", "ERROR", "missing"], strict=True))
-    assert statuses_from_summary(out, wanted) == expected
+def test_pytest_selectors() -> None:
     assert pytest_selectors(["a.py::t[1]", "a.py::t[2]", "a.py::C::m", "b.py"]) == ["a.py::t", "a.py::C::m", "b.py"]
 
 
@@ -280,7 +303,10 @@ def test_workspace_is_the_base_commit_and_hides_the_hidden_tests(hashkey_task: t
     assert status.stdout == ""
     tag = subprocess.run(["git", "tag"], cwd=ws, capture_output=True, text=True, check=True).stdout.split()
     assert tag == ["base"]
-    assert "@cached" in task.goal and "PR.md" in task.goal and "PYTHONPATH=src" in task.goal
+    assert "@cached" in task.goal and "PR.md" in task.goal
+    toolchain = task.toolchain()
+    assert toolchain.pythonpath == ("src",), "a src layout is imported from the checkout's src/"
+    assert Path(toolchain.bin_dir, "python3").exists() and Path(toolchain.bin_dir, "pytest").exists()
 
 
 @needs_bwrap
@@ -346,8 +372,16 @@ def test_unknown_instance_is_a_task_error() -> None:
 def test_instance_model_round_trips(tmp_path: Path) -> None:
     inst = builtin_instance("sqlparse-784")
     write_instance(inst, tmp_path / "i.yaml")
-    assert load_instance_file(tmp_path / "i.yaml") == inst
-    assert RepoFixInstance.model_validate(inst.model_dump()) == inst
+    loaded = load_instance_file(tmp_path / "i.yaml")
+    assert loaded.model_dump() == inst.model_dump() and loaded.folder == tmp_path.resolve()
+    assert RepoFixInstance.model_validate(inst.model_dump()).model_dump() == inst.model_dump()
+
+
+def test_pythonpath_written_as_env_means_pythonpath(tmp_path: Path) -> None:
+    """A hand-written `env: {PYTHONPATH: src}` (the only way before `pythonpath`) is read as `pythonpath`."""
+    inst = load_instance_file(_write(tmp_path / "i.yaml", json.dumps({**GOOD, "env": {"PYTHONPATH": "src:lib",
+                                                                                     "X": "1"}})))
+    assert inst.pythonpath == ["src", "lib"] and inst.env == {"X": "1"}
 
 
 EXPERT = BUILTIN_DIR / "experts" / "inflection-humanize.py"

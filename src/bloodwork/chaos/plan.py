@@ -68,8 +68,10 @@ def load_profile(name_or_path: str) -> ChaosProfile:
         return ChaosProfile.model_validate({"name": path.stem, **raw})
     except FileNotFoundError as err:
         raise ChaosConfigError(f"chaos profile file not found: {path}") from err
-    except (yaml.YAMLError, ValidationError) as err:
+    except yaml.YAMLError as err:
         raise ChaosConfigError(f"invalid chaos profile {path}: {str(err).splitlines()[0]}") from err
+    except ValidationError as err:
+        raise ChaosConfigError(f"invalid chaos profile {path}: {_reason(err)}") from err
 
 
 def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[str, str] | None = None) -> ChaosProfile:
@@ -95,7 +97,16 @@ def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[st
     try:
         return ChaosProfile.model_validate(data)
     except ValidationError as err:
-        raise ChaosConfigError(str(err).splitlines()[0]) from err
+        raise ChaosConfigError(_reason(err)) from err
+
+
+def _reason(err: ValidationError) -> str:
+    """The first error's own words ("chaos rate for exec_timeout must be within 0..1, got 2.0"), not
+    pydantic's headline ("1 validation error for ChaosProfile"), with the field it is about."""
+    first = err.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {message}" if where else message
 
 
 def _float(name: str, value: str) -> float:

@@ -78,7 +78,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def blob_id(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    # surrogatepass: a model's lone surrogate has no UTF-8 form; other text hashes as its UTF-8 bytes
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 class BlobStore:

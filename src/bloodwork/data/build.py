@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from bloodwork.chronos.files import atomic_write, sha256_file
-from bloodwork.chronos.run import now_iso
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, now_iso
 from bloodwork.data.dedup import deduplicate, drop_test_matches
 from bloodwork.data.fork import ForkRecord, find_forks, is_fork_artifact
 from bloodwork.data.formats import (
@@ -142,7 +142,7 @@ def _collect(inputs: list[Path], options: BuildOptions, on_run: Callable[[int, i
                 raise BuildError(f"no run or fork directories under {path}") from None
     got = _Collected()
     seen: set[str] = set()
-    allowed = {"real"} | ({"scripted", "replay"} if options.include_scripted else set())
+    allowed = {"real"} | (NOT_MODEL_BEHAVIOUR if options.include_scripted else set())
     for i, (run, source) in enumerate(found):
         if on_run:
             on_run(i, len(found))

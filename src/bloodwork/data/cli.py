@@ -34,7 +34,7 @@ def dataset_build(
     holdout_task: Annotated[list[str] | None, typer.Option(help="A task whose runs all go to test (repeatable).")]
     = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and of the mix's row choice.")] = 0,
-    include_scripted: Annotated[bool, typer.Option(help="Also mine scripted and replayed runs.")] = False,
+    include_scripted: Annotated[bool, typer.Option(help="Also mine scripted, replayed and expert runs.")] = False,
     near_threshold: Annotated[float, typer.Option(help="Shingle overlap above which two rows are near "
                                                        "duplicates.")] = 0.9,
     size: Annotated[int | None, typer.Option(help="Cap on rows per split after the mix.")] = None,

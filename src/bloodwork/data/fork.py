@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.kernel.traps import ENVIRONMENT_TRAPS, LOOP_TRAPS, fingerprint
+from bloodwork.manifold.workspace import copy_plain_tree
 from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.oracles.replay import ReplayOracle
@@ -291,8 +291,10 @@ def _branch(cand: Candidate, done: Completion, base: Path, out: Path, continuati
             horizon: int, prompt: Messages) -> None:
     """Run one candidate from a copy of the rebuilt run and label what happened."""
     branch = out / "branches" / f"k{cand.index}" / base.name
-    shutil.copytree(base, branch, symlinks=True)
+    left_out = copy_plain_tree(base, branch)
     cand.branch_dir = str(branch)
+    if left_out:
+        cand.evidence.append(f"left out of the branch's copy (FIFO, socket or device): {', '.join(left_out)}")
     if done.error is not None:
         cand.evidence.append(f"the call failed: {done.error}")
         return

@@ -24,8 +24,8 @@ from typing import Any
 
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.files import read_jsonl
-from bloodwork.chronos.journal import Event, read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.journal import Event
+from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.data.formats import Messages, Pool, prompt_sha256
 from bloodwork.kernel.traps import NEGATIVE_TRAPS
 
@@ -92,10 +92,9 @@ class RunView:
         self.paths = RunPaths(run_dir)
         self.manifest = RunManifest.load(self.paths)
         self.source = source or str(run_dir)
-        report = verify(self.paths.journal)
-        events = read_events(self.paths.journal)
+        self.events: list[Event]
+        self.events, report = verified_events(self.paths)
         self.journal_ok = report.ok
-        self.events: list[Event] = events if report.ok else events[: report.events]
         self.group = self.manifest.replay_of or self.manifest.run_id
         self.ticks = self._ticks()
 

@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import read_jsonl, sha256_file
-from bloodwork.chronos.journal import Event, read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
+from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, verified_events, verify_run
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
 EVENT_KINDS = ("trap", "panic", "recovery", "death")
@@ -32,7 +32,9 @@ class ExtractError(ValueError):
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded."""
+    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
+    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
+    folder itself to extract them)."""
     found: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -42,7 +44,7 @@ def find_runs(paths: list[Path]) -> list[Path]:
             continue
         for manifest in sorted(path.rglob("run.json")):
             run = manifest.parent
-            if "workspace" in run.parts or "deaths" in run.relative_to(path).parts:
+            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
                 continue
             if (run / ".journal.log").is_file():
                 found.append(run)
@@ -112,8 +114,7 @@ def _origin(flags: list[bool]) -> Origin:
 def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
     paths = RunPaths(run)
     manifest = RunManifest.load(paths)
-    report = verify(paths.journal)
-    events = read_events(paths.journal)[: report.events] if not report.ok else read_events(paths.journal)
+    events, report = verified_events(paths)
     summary = RunSummary(run_id=manifest.run_id, path=str(run), status=manifest.status.value,
                          provenance=manifest.provenance.value, model=manifest.model, task=manifest.task,
                          chaos=str(manifest.chaos.get("name")), seed=manifest.seed, ticks=manifest.ticks,
@@ -148,6 +149,8 @@ class DeathManifest(BaseModel):
     chaos: dict[str, Any]
     files: dict[str, str]
     reproduce: dict[str, str]
+    journal_head: JournalHead | None = Field(default=None, description="the run's committed head: the bundled "
+                                             "journal must end exactly there (None in bundles made before 0.2)")
 
 
 def write_death_bundle(run: Path, events: list[Event], out: Path) -> DeathManifest:
@@ -175,9 +178,36 @@ def write_death_bundle(run: Path, events: list[Event], out: Path) -> DeathManife
                        provenance=manifest.provenance.value, seed=manifest.seed, task=manifest.task,
                        chaos=manifest.chaos, files=files,
                        reproduce={"exact (raw outputs, same seeds)": f"bloodwork replay {bundle}",
-                                  "fresh (the model asked again)": rerun})
+                                  "fresh (the model asked again)": rerun},
+                       journal_head=committed_head(paths))
     (bundle / "manifest.json").write_text(dm.model_dump_json(indent=2))
     return dm
+
+
+def verify_bundle(bundle: Path) -> VerifyReport:
+    """A death bundle: every file against its sha256 in manifest.json, and the journal against the head there."""
+    try:
+        dm = DeathManifest.model_validate_json((bundle / "manifest.json").read_bytes())
+    except (OSError, ValueError) as err:
+        return VerifyReport(ok=False, events=0, last_hash="", reason=f"manifest.json is missing or unreadable: {err}")
+    for name, digest in dm.files.items():
+        path = bundle / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return VerifyReport(ok=False, events=0, last_hash="", reason=f"{name} does not match its sha256 in "
+                                "manifest.json" if path.is_file() else f"{name} is missing")
+    if not (bundle / ".journal.log").is_file():
+        return VerifyReport(ok=False, events=0, last_hash="", reason=".journal.log is missing")
+    report = verify(bundle / ".journal.log", dm.journal_head)
+    report.anchor = "manifest.json" if dm.journal_head else "nothing (a bundle made before heads were recorded)"
+    return report
+
+
+def verify_run_or_bundle(root: Path) -> VerifyReport:
+    """`verify_run` for a run directory, `verify_bundle` for a death bundle (a folder without registers)."""
+    paths = RunPaths(root)
+    if not paths.registers.exists() and (root / "manifest.json").is_file():
+        return verify_bundle(root)
+    return verify_run(paths)
 
 
 class CallTimes(BaseModel):

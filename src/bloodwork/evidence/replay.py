@@ -7,6 +7,7 @@ must come out the same is the journal's sequence of ops, traps, chaos, panics, r
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
@@ -15,11 +16,17 @@ from pydantic import BaseModel
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.journal import Event, read_events
 from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.evidence.extract import verify_run_or_bundle
 from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.oracles.replay import ReplayOracle
 from bloodwork.tasks.registry import load_task
 
 COMPARED = ("tick", "trap", "chaos", "panic", "recovery", "death", "halt")
+
+
+class ReplayRefused(ValueError):
+    """The original's journal does not verify against its committed head: a replay would be compared with
+    events nobody can vouch for (a cut tail would make a shorter run "reproduce")."""
 
 
 class ReplayReport(BaseModel):
@@ -51,10 +58,14 @@ def signature(events: list[Event]) -> list[tuple[int, str, str]]:
 def replay_run(run_dir: Path, out_dir: Path) -> ReplayReport:
     paths = RunPaths(run_dir)
     manifest = RunManifest.load(paths)
+    check = verify_run_or_bundle(run_dir)
+    if not check.ok:
+        raise ReplayRefused(f"the journal of {manifest.run_id} does not verify ({check.reason}); nothing to replay "
+                            "against")
     task = load_task(manifest.task_source or manifest.task)
     oracle = ReplayOracle(f"replay:{run_dir}", str(run_dir))
     config = KernelConfig.model_validate(manifest.config)
-    run_id = f"{manifest.run_id}-replay-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = f"{manifest.run_id}-replay-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     kernel = Kernel.create(task, oracle, out_dir=out_dir, config=config, seed=manifest.seed,
                            chaos=ChaosProfile.model_validate(manifest.chaos), run_id=run_id,
                            chaos_key=manifest.chaos_key or manifest.run_id, replay_of=manifest.run_id,

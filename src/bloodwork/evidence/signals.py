@@ -17,8 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import load_blobs, read_jsonl
-from bloodwork.chronos.journal import Event, read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.evidence.probes import ProbeScore, SemanticInfo, score_probes
 from bloodwork.prompts import GOAL_PREFIX, START_LISTING
 
@@ -200,16 +199,11 @@ def _refetches(trace: dict[int, dict[str, Any]], ctx: dict[int, dict[str, Any]])
     return out
 
 
-def verified_events(paths: RunPaths) -> tuple[list[Event], bool]:
-    report = verify(paths.journal)
-    events = read_events(paths.journal)
-    return (events if report.ok else events[: report.events]), report.ok
-
-
 def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
     paths = RunPaths(run)
     manifest = RunManifest.load(paths)
-    events, journal_ok = verified_events(paths)
+    events, report = verified_events(paths)
+    journal_ok = report.ok
     blobs = load_blobs(paths.blobs)
     ctx = {r["tick"]: r for r in read_jsonl(paths.context_ticks)}
     trace = {r["tick"]: r for r in read_jsonl(paths.trace)}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bloodwork.context.builder import ContextConfig
 from bloodwork.manifold.runner import Limits
@@ -47,3 +51,82 @@ class KernelConfig(BaseModel):
     traps: TrapConfig = Field(default_factory=TrapConfig)
     context: ContextConfig = Field(default_factory=ContextConfig)
     probe_every: int = Field(default=0, ge=0, description="goal probe every K ticks (0 = off)")
+
+
+# Settings a variable can give: file < environment < explicit flag.
+ENV_SETTINGS = {"max_ticks": "BLOODWORK_TICKS", "panic_budget": "BLOODWORK_PANIC_BUDGET"}
+
+
+class ConfigError(ValueError):
+    """A kernel config file, variable or flag is not valid (the message names which one set what)."""
+
+
+def load_config(file: Path | None = None, *, flags: Mapping[str, Any] | None = None,
+                defaults: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> KernelConfig:
+    """One kernel config from its layers, each overriding the one before: `defaults` (a command's own, e.g.
+    a sweep's 60 ticks) < the YAML `file` < environment variables (`ENV_SETTINGS`) < explicit `flags`.
+
+    `flags` and `defaults` are keyed by dotted paths (`context.policy`); a flag whose value is None was not
+    given and changes nothing. Nothing is checked before the layers are merged; then everything is checked
+    once, so a constraint holds whichever layer set the value.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
+
+    def put(dotted: str, value: Any, origin: str) -> None:
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"kernel config: {key} must be a mapping ({source.get(key, origin)})")
+        node[leaf] = value
+        source[dotted] = origin
+
+    for dotted, value in (defaults or {}).items():
+        put(dotted, value, "the command's default")
+    if file is not None:
+        for dotted, value in _flatten(_read_yaml(file)):
+            put(dotted, value, f"--config {file}")
+    for key, var in ENV_SETTINGS.items():
+        if env.get(var):
+            put(key, env[var], f"${var}")
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            put(dotted, value, "the command line")
+    try:
+        return KernelConfig.model_validate(merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        dotted = ".".join(str(p) for p in first["loc"])
+        origin = next((source[k] for k in (dotted, *_prefixes(dotted)) if k in source), "the defaults")
+        raise ConfigError(f"kernel config {dotted}: {first['msg']} (set by {origin})") from err
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text())
+    except OSError as err:
+        raise ConfigError(f"kernel config {file}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: a kernel config must be a mapping")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as dotted keys, so a file's `context: {policy: x}` keeps the rest of `context`."""
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        out += _flatten(value, dotted + ".") if isinstance(value, dict) and value else [(dotted, value)]
+    return out
+
+
+def _prefixes(dotted: str) -> list[str]:
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]

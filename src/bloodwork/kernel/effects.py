@@ -147,6 +147,8 @@ class World:
             note = prompts.paging_note(res.size, res.sha256, f"{SPILL_SCHEME}{name}", pages, PAGE_CHARS, kept)
             text = f"{text[:half]}\n{note}\n{text[-half:]}"
             result["spill"] = name
+        if res.fault and not res.timed_out:  # a forged or garbled sandbox reply, or the workspace over its quota
+            traps.insert(0, (TrapKind.IO_FAULT, res.fault))
         head = prompts.exec_head(op.cmd, res.exit_code, res.size, timeout if res.timed_out else None,
                                  res.spawn_error)
         head += "".join(prompts.trap_slice(kind.value, detail) + "\n" for kind, detail in traps)

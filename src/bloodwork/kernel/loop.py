@@ -25,8 +25,21 @@ from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile, FaultPlan
 from bloodwork.chronos.context_log import ContextLog, history_entries
 from bloodwork.chronos.files import JsonlAppender, atomic_write, read_jsonl
-from bloodwork.chronos.journal import Journal
-from bloodwork.chronos.run import Provenance, RunManifest, RunPaths, RunStatus, git_sha, now_iso, versions
+from bloodwork.chronos.journal import Journal, escape_surrogates
+from bloodwork.chronos.run import (
+    Provenance,
+    RunDirError,
+    RunDirLock,
+    RunManifest,
+    RunPaths,
+    RunStatus,
+    check_run_id,
+    claim_new_run_dir,
+    discard_run_dir,
+    git_sha,
+    now_iso,
+    versions,
+)
 from bloodwork.context.builder import ContextBuilder, HistoryEntry
 from bloodwork.isa import (
     Frame,
@@ -42,7 +55,7 @@ from bloodwork.isa import (
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.effects import Outcome, World, trap_outcome
 from bloodwork.kernel.traps import CHAOS_TRAPS, Act, Detectors, TrapKind, digest, fingerprint, observation_digest
-from bloodwork.manifold.runner import CommandRunner
+from bloodwork.manifold.runner import CommandInterrupted, CommandRunner, SandboxError
 from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
 from bloodwork.manifold.worldindex import WorldIndex
 from bloodwork.oracles.base import CallInfo, Completion, Oracle
@@ -87,6 +100,9 @@ class Registers(BaseModel):
     journal_prev: str = "0" * 64
     trace_offset: int = 0
     context_offset: int = 0
+    # None in runs recorded before these files were cut back on resume: they are then left as they are
+    dirty_offset: int | None = None
+    history_offset: int | None = None
     status: RunStatus = RunStatus.RUNNING
     cause_of_death: str | None = None
 
@@ -109,7 +125,7 @@ class Kernel:
     """One run: a task, an oracle, a run directory. `create` starts one, `resume` continues one."""
 
     def __init__(self, paths: RunPaths, task: Task, oracle: Oracle, config: KernelConfig, manifest: RunManifest,
-                 registers: Registers, chaos: ChaosProfile) -> None:
+                 registers: Registers, chaos: ChaosProfile, runner: CommandRunner | None = None) -> None:
         self.paths = paths
         self.task = task
         self.config = config
@@ -120,7 +136,7 @@ class Kernel:
         if oracle.provenance != "replay" and any(chaos.rate(k) for k in ORACLE_FAULTS):
             oracle = ChaoticOracle(oracle, self.plan)
         self.oracle = oracle
-        self.runner = CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits)
+        self.runner = runner or _make_runner(paths, config, task)
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
         # The loop detectors' world state: a content digest kept up to date from what changed, not a tree walk.
         self.world_index = WorldIndex(paths.workspace)
@@ -134,6 +150,7 @@ class Kernel:
         self.history: list[HistoryEntry] = []
         self.schema = json_schema()
         self._stop_reason: str | None = None
+        self._dir_lock: RunDirLock | None = None
         self.on_tick: Callable[[dict[str, Any]], None] | None = None
 
     # -- construction -----------------------------------------------------------------------------
@@ -142,62 +159,96 @@ class Kernel:
                chaos: ChaosProfile, run_id: str | None = None, command_line: list[str] | None = None,
                model_options: dict[str, Any] | None = None, chaos_key: str | None = None,
                replay_of: str | None = None) -> Kernel:
+        """Start a run in `out_dir/run_id`.
+
+        What can fail without touching the disk (the run id, the manifest, the sandbox) is built first.
+        Then the directory is claimed under a lock and filled; if anything fails, the directory is removed
+        again. A kill -9 before the first commit can still leave it half-built (no registers.json): the
+        next `create` with that run id replaces it, and `resume` starts it again from its run.json.
+        """
         run_id = run_id or new_run_id(task.id, oracle.spec, seed)
+        try:
+            check_run_id(run_id)
+            provenance = Provenance(oracle.provenance)
+        except ValueError as err:
+            raise KernelError(str(err)) from err
         paths = RunPaths(out_dir / run_id)
-        if paths.root.exists() and any(paths.root.iterdir()):
-            raise KernelError(f"{paths.root} exists already; choose another --run-id or resume it")
+        runner = _make_runner(paths, config, task)
+        manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
+                               task_meta=task.metadata, model=oracle.spec, provenance=provenance, seed=seed,
+                               chaos=chaos.model_dump(), chaos_key=chaos_key or run_id, replay_of=replay_of,
+                               config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
+                               sandbox=runner.describe(), versions=versions(), git_sha=git_sha(),
+                               command_line=command_line or sys.argv, started_at=now_iso())
+        try:
+            lock = claim_new_run_dir(paths)
+        except RunDirError as err:
+            runner.close()
+            raise KernelError(str(err)) from err
+        kernel: Kernel | None = None
         try:
             paths.create()
-        except OSError as err:
-            raise KernelError(f"cannot create the run directory {paths.root}: {err.strerror}") from err
-        task.prepare(paths.workspace, seed)
-        manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
-                               task_meta=task.metadata, model=oracle.spec,
-                               provenance=Provenance(oracle.provenance), seed=seed, chaos=chaos.model_dump(),
-                               chaos_key=chaos_key or run_id, replay_of=replay_of,
-                               config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
-                               versions=versions(), git_sha=git_sha(), command_line=command_line or sys.argv,
-                               started_at=now_iso())
-        registers = Registers(panic_budget_left=config.panic_budget)
-        kernel = cls(paths, task, oracle, config, manifest, registers, chaos)
-        kernel.manifest.sandbox = kernel.runner.describe()
-        kernel.manifest.save(paths)
-        kernel.task.start(kernel.runner, seed=seed, resumed=False)
-        start_slice = kernel._start_slice()
-        kernel.R.slice_id = kernel.blobs.put(start_slice)
-        kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
-                                              "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
-                                              "panic_budget": config.panic_budget, "sandbox": kernel.runner.kind,
-                                              "world_index": kernel.world_index.kind})
-        kernel._persist()
+            manifest.save(paths)
+            task.prepare(paths.workspace, seed)
+            kernel = cls(paths, task, oracle, config, manifest, Registers(panic_budget_left=config.panic_budget),
+                         chaos, runner=runner)
+            kernel.task.start(kernel.runner, seed=seed, resumed=False)
+            kernel.R.slice_id = kernel.blobs.put(kernel._start_slice())
+            kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
+                                                  "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
+                                                  "panic_budget": config.panic_budget, "sandbox": runner.kind,
+                                                  "world_index": kernel.world_index.kind})
+            kernel._persist()
+            kernel._save_manifest()
+        except BaseException:
+            (kernel._close if kernel is not None else runner.close)()
+            discard_run_dir(paths, lock)
+            raise
+        kernel._dir_lock = lock
         return kernel
 
     @classmethod
     def resume(cls, run_dir: Path, task: Task, oracle: Oracle, *, max_ticks: int | None = None) -> Kernel:
         """Continue a run from its last committed tick (with `max_ticks`, to a new horizon: forks use it)."""
         paths = RunPaths(run_dir)
-        if not paths.manifest.is_file() or not paths.registers.is_file():
+        if not paths.registers.is_file():
+            return cls._restart_creation(paths, task, oracle, max_ticks)
+        if not paths.manifest.is_file():
             raise KernelError(f"{run_dir} is not a bloodwork run directory")
+        try:
+            lock = RunDirLock(paths.root)
+        except RunDirError as err:
+            raise KernelError(str(err)) from err
+        try:
+            kernel = cls._resume_locked(paths, task, oracle, max_ticks)
+        except BaseException:
+            lock.release()
+            raise
+        kernel._dir_lock = lock
+        return kernel
+
+    @classmethod
+    def _resume_locked(cls, paths: RunPaths, task: Task, oracle: Oracle, max_ticks: int | None) -> Kernel:
         manifest = RunManifest.load(paths)
         registers = Registers.model_validate_json(paths.registers.read_text())
         extendable = registers.status == RunStatus.MAX_TICKS and max_ticks is not None and max_ticks > registers.tick
         ended = registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) and not extendable
         if ended and manifest.status == registers.status:
             raise KernelError(f"run {manifest.run_id} has ended ({registers.status.value}); nothing to resume")
+        if max_ticks is not None and not ended:
+            manifest.config["max_ticks"] = max_ticks
+        config = KernelConfig.model_validate(manifest.config)
+        chaos = ChaosProfile.model_validate(manifest.chaos)
+        runner = _make_runner(paths, config, task)  # before anything is written: a missing sandbox changes nothing
         if ended:
             # Killed after its last commit but before the manifest was final: only finish the paperwork.
-            kernel = cls(paths, task, oracle, KernelConfig.model_validate(manifest.config), manifest, registers,
-                         ChaosProfile.model_validate(manifest.chaos))
+            kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
             manifest.resumes += 1
             kernel._finish()
             return kernel
         recovered = cls._truncate_uncommitted(paths, registers)
-        if max_ticks is not None:
-            manifest.config["max_ticks"] = max_ticks
-        config = KernelConfig.model_validate(manifest.config)
-        chaos = ChaosProfile.model_validate(manifest.chaos)
         registers.status = RunStatus.RUNNING
-        kernel = cls(paths, task, oracle, config, manifest, registers, chaos)
+        kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
         for rec in read_jsonl(paths.trace):
             kernel.detectors.replay_record(rec)
         if registers.history_span:
@@ -207,21 +258,38 @@ class Kernel:
                                            masked=entries[t]["masked"]) for t in range(first, last + 1)]
         manifest.resumes += 1
         manifest.status = RunStatus.RUNNING
-        manifest.save(paths)
+        manifest.verifier = None  # a verdict on the world as the run last ended; the run goes on from here
+        kernel._save_manifest()
         kernel.task.start(kernel.runner, seed=manifest.seed, resumed=True)
         kernel.journal.stage(registers.tick, "resume", {"at_tick": registers.tick, "discarded_uncommitted": recovered,
                                                          "resumes": manifest.resumes})
         kernel._persist()
         return kernel
 
+    @classmethod
+    def _restart_creation(cls, paths: RunPaths, task: Task, oracle: Oracle, max_ticks: int | None) -> Kernel:
+        """A run killed before its first commit has nothing to continue: start it again from its run.json."""
+        try:
+            manifest = RunManifest.load(paths)
+        except (OSError, ValueError) as err:
+            raise KernelError(f"{paths.root} is not a bloodwork run directory (no registers.json, no readable "
+                              "run.json); a run killed that early is started again with `bloodwork run ... "
+                              "--run-id` of the same name") from err
+        config = KernelConfig.model_validate({**manifest.config, **({"max_ticks": max_ticks} if max_ticks else {})})
+        return cls.create(task, oracle, out_dir=paths.root.parent, config=config, seed=manifest.seed,
+                          chaos=ChaosProfile.model_validate(manifest.chaos), run_id=manifest.run_id,
+                          command_line=manifest.command_line, model_options=manifest.oracle.get("options"),
+                          chaos_key=manifest.chaos_key, replay_of=manifest.replay_of)
+
     @staticmethod
     def _truncate_uncommitted(paths: RunPaths, R: Registers) -> dict[str, int]:
         """Cut each committed file back to its recorded offset; keep the cut bytes as evidence."""
         cut: dict[str, int] = {}
         for path, offset in ((paths.journal, R.journal_offset), (paths.trace, R.trace_offset),
-                             (paths.context_ticks, R.context_offset)):
+                             (paths.context_ticks, R.context_offset), (paths.dirty, R.dirty_offset),
+                             (paths.context / "history.jsonl", R.history_offset)):
             size = path.stat().st_size if path.exists() else 0
-            if size > offset:
+            if offset is not None and size > offset:
                 paths.recovered.mkdir(exist_ok=True)
                 with open(path, "rb") as fh:
                     fh.seek(offset)
@@ -251,6 +319,12 @@ class Kernel:
                     self._end(RunStatus.MAX_TICKS, None)
                     break
                 self.step()
+        except CommandInterrupted:
+            # SIGTERM/SIGINT killed a waiting command: the tick in flight is dropped whole (resume re-asks
+            # it). Had the tick committed already (a final verification was cut), `resume` finishes it.
+            self.journal.discard()
+            if self.R.status == RunStatus.RUNNING:
+                self._end(RunStatus.INTERRUPTED, None)
         except Exception as err:
             self._crash(err)
             raise KernelCrash(f"kernel crashed at tick {self.R.tick}: {err!r}; see {self.paths.crash_report}") from err
@@ -263,6 +337,7 @@ class Kernel:
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         self._stop_reason = signal.Signals(signum).name
+        self.runner.interrupt()  # a command (or verification) waiting now is killed at once
 
     def result(self) -> RunResult:
         return RunResult(run_id=self.manifest.run_id, run_dir=str(self.paths.root), status=self.R.status,
@@ -292,7 +367,7 @@ class Kernel:
             else None
         call_index = R.oracle_calls
         t_ask = time.perf_counter()
-        call = CallInfo(self.manifest.run_id, tick, call_index)
+        call = CallInfo(self.manifest.run_id, tick, call_index, workspace=self.paths.workspace)
         completion = self.oracle.complete(ctx.messages, self.schema, call=call)
         ask_s = time.perf_counter() - t_ask
         verdict = parse(completion.text) if completion.error is None else None
@@ -369,8 +444,9 @@ class Kernel:
 
         d_next, next_slice = outcome.d, outcome.slice_text
         observation = prompts.observation(R.d, slice_text)
-        action = completion.text if len(completion.text) <= ACTION_SHOWN_CHARS else (
-            completion.text[:ACTION_SHOWN_CHARS] + f"... [{len(completion.text) - ACTION_SHOWN_CHARS} chars cut]")
+        shown = escape_surrogates(completion.text)  # the raw text stays in the dirty trace; this is sent back
+        action = shown if len(shown) <= ACTION_SHOWN_CHARS else (
+            shown[:ACTION_SHOWN_CHARS] + f"... [{len(shown) - ACTION_SHOWN_CHARS} chars cut]")
         self.history.append(HistoryEntry(tick=tick, observation=observation, action=action or "(no answer)"))
         self.ctx_log.add_entry(tick, observation, self.history[-1].action)
         R.goal_in_history = goal_present
@@ -402,6 +478,7 @@ class Kernel:
         if halted is not None:
             J.stage(tick, "halt", halted)
             R.status = RunStatus.COMPLETED
+            self.manifest.verifier = halted["verifier"]  # the verdict that accepted the halt is the run's
 
         trace_rec = {"tick": tick, "q": R.q, "d": R.d, "slice_digest": digest(slice_text), "next_digest": slice_digest,
                      "frame": frame.model_dump(mode="json") if frame else None, "call_index": call_index,
@@ -434,7 +511,8 @@ class Kernel:
         """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
         question = {"role": "user", "content": prompts.PROBE_QUESTION}
         c = self.oracle.complete([*messages, question], None,
-                                 call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe"))
+                                 call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe",
+                                               workspace=self.paths.workspace))
         record = self._dirty_record(tick, tick, c, None) | {"purpose": "probe"}
         self.dirty.append(record)
         return {"answer": c.text, "error": c.error, "latency_ms": round(c.latency_ms, 3),
@@ -475,9 +553,16 @@ class Kernel:
         R.history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
         R.trace_offset = self.trace.tell()
         R.context_offset = self.ctx_log.ticks.tell()
+        R.dirty_offset = self.dirty.tell()
+        R.history_offset = self.ctx_log.entries.tell()
         R.journal_offset = self.journal.flush()
-        R.journal_seq, R.journal_prev = self.journal.seq, self.journal.prev
+        R.journal_seq, R.journal_prev = self.journal.seq, self.journal.prev  # the head `bloodwork verify` checks
         atomic_write(self.paths.registers, R.model_dump_json(), sync_dir=False)
+
+    def _save_manifest(self) -> None:
+        """run.json with the journal's committed head as of now."""
+        self.manifest.journal_head = self.journal.head()
+        self.manifest.save(self.paths)
 
     def _end(self, status: RunStatus, cause: str | None) -> None:
         self.R.status = status
@@ -497,24 +582,42 @@ class Kernel:
             if m.verifier is None or self.R.status != RunStatus.COMPLETED:
                 m.verifier = self.task.verify(self.paths.workspace, self.runner).model_dump()
         m.sandbox = self.runner.describe()
-        m.save(self.paths)
+        self._save_manifest()
 
     def _crash(self, err: BaseException) -> None:
         report = "".join(traceback.format_exception(err))
         with suppress(OSError):
-            self.paths.crash_report.write_text(report)
+            self.paths.crash_report.write_text(report, errors="backslashreplace")
         with suppress(Exception):
             self.journal.discard()
+            committed = Registers.model_validate_json(self.paths.registers.read_text())
+            anchored = self.journal.head().hash == committed.journal_prev  # not so if _persist itself failed
             self.journal.stage(self.R.tick, "crash", {"error": repr(err)[:500], "report": self.paths.crash_report.name})
-            self.journal.flush()
+            offset = self.journal.flush()
+            if anchored:
+                # The committed registers (not the half-updated ones in memory) get the new head, so the chain
+                # still ends at its recorded head, and a resume keeps the crash event.
+                committed.journal_offset, committed.journal_seq, committed.journal_prev = (
+                    offset, self.journal.seq, self.journal.prev)
+                atomic_write(self.paths.registers, committed.model_dump_json(), sync_dir=False)
         with suppress(Exception):
             self.manifest.status = RunStatus.CRASHED
             self.manifest.ended_at = now_iso()
-            self.manifest.save(self.paths)
+            self._save_manifest()
 
     def _close(self) -> None:
         for closer in (self.task.close, self.runner.close, self.world_index.close, self.trace.close, self.dirty.close,
                        self.ctx_log.close, self.journal.close):
             with suppress(Exception):
                 closer()
+        if self._dir_lock is not None:
+            self._dir_lock.release()
+
+
+def _make_runner(paths: RunPaths, config: KernelConfig, task: Task) -> CommandRunner:
+    try:
+        return CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits,
+                             toolchain=task.toolchain())
+    except SandboxError as err:
+        raise KernelError(str(err)) from err
 

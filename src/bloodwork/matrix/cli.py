@@ -79,10 +79,10 @@ def matrix(
     except USER_ERRORS as err:
         fail(one_line(err))
     for row in report.rows:
-        if row.scores is None:
-            console.print(f"{row.label}: {row.status} ({row.reason})")
-            continue
         loop_text = f"; loop completed {row.loop.completed}, died {row.loop.died}" if row.loop else ""
+        if row.scores is None:
+            console.print(f"{row.label}: {row.status} ({row.reason}){loop_text}")
+            continue
         console.print(f"{row.label}: strict {row.scores.strict_valid}, p50 {row.scores.latency_ms.p50} ms{loop_text}")
     console.print(f"matrix: {out / 'model_matrix.md'} (+ .json, .png)")
 
@@ -94,7 +94,7 @@ def freeze(
     seed: Annotated[int, typer.Option(help="Seed of the draw.")] = 0,
     holdout_of: Annotated[Path | None, typer.Option(help="A dataset: never draw from its train runs or "
                                                          "states.")] = None,
-    include_scripted: Annotated[bool, typer.Option(help="Also draw from scripted and replayed runs.")] = False,
+    include_scripted: Annotated[bool, typer.Option(help="Also draw from scripted, replayed and expert runs.")] = False,
 ) -> None:
     """Freeze an eval set of recorded states from held-out runs, stored with its sha256.
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bloodwork.chronos.files import atomic_write, sha256_file
-from bloodwork.chronos.run import now_iso
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, now_iso
 from bloodwork.data.fork import is_fork_artifact
 from bloodwork.data.formats import SPLITS_FILE, Messages, SplitAssignment, prompt_sha256
 from bloodwork.data.mine import RunView, TickView
@@ -137,7 +137,7 @@ def freeze(inputs: list[Path], out: Path, *, n: int, seed: int, holdout_of: Path
         raise EvalSetError(f"{holdout_of} is not a dataset directory (no {SPLITS_FILE})")
     trained_groups, trained_prompts, manifest_sha = _trained(holdout_of) if holdout_of else (set(), set(), None)
     runs = [r for r in find_runs(inputs) if not is_fork_artifact(r)]
-    allowed = {"real"} | ({"scripted", "replay"} if include_scripted else set())
+    allowed = {"real"} | (NOT_MODEL_BEHAVIOUR if include_scripted else set())
     by_category: dict[Category, list[EvalState]] = defaultdict(list)
     used_runs: list[str] = []
     for i, run in enumerate(runs):
@@ -151,7 +151,7 @@ def freeze(inputs: list[Path], out: Path, *, n: int, seed: int, holdout_of: Path
             if state.prompt_sha256 not in trained_prompts:
                 by_category[state.category].append(state)
     if not by_category:
-        kinds = "real, scripted or replayed" if include_scripted else "real (scripted ones need --include-scripted)"
+        kinds = "real, scripted, replayed or expert" if include_scripted else "real (others need --include-scripted)"
         raise EvalSetError(f"no eligible state: no held-out {kinds} runs under the inputs")
 
     def rank(s: EvalState) -> str:

@@ -65,10 +65,10 @@ def _compare(row: str, prefix: str, stored: Any, recounted: Any, out: list[Diffe
         out.append(Difference(row=row, figure=prefix, stored=stored, recounted=recounted))
 
 
-def _recount_row(row: ModelRow, matrix_dir: Path, states: dict[str, Any], out: list[Difference],
-                 added: list[str]) -> tuple[ModelRow, int, int]:
+def _recount_answers(row: ModelRow, matrix_dir: Path, states: dict[str, Any], out: list[Difference],
+                     added: list[str]) -> tuple[dict[str, Any], int]:
     if row.answers_file is None:
-        return row, 0, 0
+        return {}, 0
     file = _existing(row.answers_file, matrix_dir / "answers" / Path(row.answers_file).name)
     if not file.is_file():
         raise MatrixError(f"{row.label}: its answers file {row.answers_file} is gone; the row cannot be recounted")
@@ -84,6 +84,13 @@ def _recount_row(row: ModelRow, matrix_dir: Path, states: dict[str, Any], out: l
     if row.scores is not None:
         update["scores"] = score(answers)
         _compare(row.label, "scores", row.scores.model_dump(), update["scores"].model_dump(), out, added)
+    return update, len(answers)
+
+
+def _recount_row(row: ModelRow, matrix_dir: Path, states: dict[str, Any], out: list[Difference],
+                 added: list[str]) -> tuple[ModelRow, int, int]:
+    """A row's answers scored again, and its loop counted again (a reference row has a loop and no answers)."""
+    update, n_answers = _recount_answers(row, matrix_dir, states, out, added)
     runs = 0
     if row.loop is not None:
         dirs = [_existing(d, matrix_dir / "loop" / Path(d).parent.name / Path(d).name) for d in row.loop.run_dirs]
@@ -94,7 +101,7 @@ def _recount_row(row: ModelRow, matrix_dir: Path, states: dict[str, Any], out: l
         update["loop"] = loop
         runs = len(dirs)
         _compare(row.label, "loop", row.loop.model_dump(), loop.model_dump(), out, added)
-    return row.model_copy(update=update), len(answers), runs
+    return row.model_copy(update=update), n_answers, runs
 
 
 def recount(matrix_dir: Path, *, write: bool = False) -> Recount:
@@ -121,5 +128,5 @@ def recount(matrix_dir: Path, *, write: bool = False) -> Recount:
         atomic_write(matrix_dir / MATRIX_FILE, recounted.model_dump_json(indent=2))
         (matrix_dir / MARKDOWN_FILE).write_text(render_markdown(recounted))
         render_chart(recounted, matrix_dir / CHART_FILE)
-    return Recount(report=recounted, rows_recounted=sum(r.answers_file is not None for r in rows),
+    return Recount(report=recounted, rows_recounted=sum(r.answers_file is not None or r.loop is not None for r in rows),
                    answers_rescored=answers, loop_runs_recounted=runs, differences=differences, added=added)

@@ -115,19 +115,23 @@ def render_markdown(m: MatrixReport) -> str:
              "panics mean | MTTR p50 ticks |", "|" + "---|" * 14]
     for r in m.rows:
         mark = "" if r.comparable else " †"
-        if r.status != "ok" or r.scores is None:
+        loop = r.loop
+        loop_cells = (f"{_rate(loop.completed)} | {_rate(loop.died)} | {_num(loop.panics.mean, '{:.1f}')} | "
+                      f"{_num(loop.mttr_ticks.p50)} |" if loop else "— | — | — | — |")
+        if r.status != "ok" or (r.scores is None and loop is None):
             lines.append(f"| {r.label}{mark} | {r.provenance or '—'} | {r.status}: {r.reason} |" + " |" * 11)
+            continue
+        if r.scores is None:  # a reference policy: closed-loop runs only
+            lines.append(f"| {r.label}{mark} | {r.provenance} | {r.reason} |" + " |" * 7 + f" {loop_cells}")
             continue
         s = r.scores
         lat = s.latency_ms
-        loop = r.loop
         lines.append(
             f"| {r.label}{mark} | {r.provenance} | {_rate(s.strict_valid)} | {_rate(s.lenient_valid)} | "
             f"{_rate(s.op_name_agreement)} | {_rate(s.op_exact_agreement)} | {_num(lat.p50)} / {_num(lat.p95)} / "
             f"{_num(lat.mean)} (n={lat.n}) | {_num(s.ttft_ms.p50)} | "
             f"{_num(s.decode_tokens_per_s.p50 if s.decode_tokens_per_s else None, '{:.1f}')} | "
-            f"{_rate(s.errors)} | {_rate(loop.completed) if loop else '—'} | {_rate(loop.died) if loop else '—'} | "
-            f"{_num(loop.panics.mean, '{:.1f}') if loop else '—'} | {_num(loop.mttr_ticks.p50) if loop else '—'} |")
+            f"{_rate(s.errors)} | {loop_cells}")
     lines += ["", "## Rows", ""]
     for r in m.rows:
         if r.status == "unavailable":
@@ -162,7 +166,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
         for y, r in zip(ys, m.rows, strict=True):
             rate: Rate | None = getattr(r.scores, key) if r.scores else None
             if rate is None or rate.rate is None or rate.ci95 is None:
-                ax1.text(0.01, y, f"n/a: {r.status}", va="center", fontsize=8)
+                why = "loop only" if r.status == "ok" and r.loop is not None else r.status
+                ax1.text(0.01, y, f"n/a: {why}", va="center", fontsize=8)
                 continue
             err = [[rate.rate - rate.ci95[0]], [rate.ci95[1] - rate.rate]]
             ax1.barh(y + offset, rate.rate, height=0.34, color=colour, xerr=err, capsize=3,
@@ -170,7 +175,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
     ax1.set_xlim(0, 1)
     ax1.set_yticks(list(ys), labels, fontsize=8)
     ax1.set_xlabel("share of answers (95 % CI)")
-    ax1.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    if ax1.get_legend_handles_labels()[0]:  # rows with no frozen-state scores draw no bars
+        ax1.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     ax1.invert_yaxis()
     for y, r in zip(ys, m.rows, strict=True):
         lat = r.scores.latency_ms if r.scores else None
@@ -181,7 +187,8 @@ def render_chart(m: MatrixReport, path: Path) -> None:
         ax2.barh(y, lat.p50, height=0.5, color="#34495e", label="p50" if y == 0 else None)
     ax2.set_yticks(list(ys), [""] * len(m.rows))
     ax2.set_xlabel("latency per call, ms")
-    ax2.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
+    if ax2.get_legend_handles_labels()[0]:  # rows with no frozen-state scores draw no bars
+        ax2.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, frameon=False)
     ax2.invert_yaxis()
     fig.suptitle(f"model matrix: {m.eval_set.rows} frozen states (eval set {m.eval_set.sha256[:12]})", fontsize=10)
     fig.tight_layout()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import now_iso
 from bloodwork.data.train import TRAIN_FILE, TrainRecord
+from bloodwork.experts import ExpertOracle
 from bloodwork.matrix.evalset import EvalState, load_evalset
 from bloodwork.matrix.hashes import chat_template_sha256, decoding, hardware, prompt_template_sha256
 from bloodwork.matrix.loop import LoopSpec, closed_loop, slug
@@ -36,6 +37,7 @@ from bloodwork.matrix.report import (
 from bloodwork.matrix.score import Answer, ask, score
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
+from bloodwork.tasks.registry import load_task
 
 API_SCHEMES = ("openai", "gemini", "kimi")
 
@@ -68,6 +70,8 @@ def adapter_of(spec: str) -> Path | None:
 def default_label(spec: str, described: dict[str, Any] | None, provenance: str | None) -> str:
     if provenance == "scripted":
         return f"{spec} (scripted fake, not a model)"
+    if provenance == "expert":
+        return f"{spec} (reference policy, not a model)"
     adapter = adapter_of(spec)
     if adapter is not None:
         record = adapter / TRAIN_FILE
@@ -111,6 +115,8 @@ def _row(spec: str, states: list[EvalState], out: Path, options: MatrixOptions, 
         row = ModelRow(spec=spec, label=options.labels.get(spec) or default_label(spec, described, oracle.provenance),
                        provenance=oracle.provenance, status="ok", chat_template_sha256=chat_template_sha256(oracle),
                        hardware=hardware(described), decoding=decoding(described), states_scored=len(states), **common)
+        if isinstance(oracle, ExpertOracle):
+            return _reference_row(oracle, row, options, out, on_tick)
         # The host is shared: latency means little without the load it was measured under.
         row.hardware["load_avg_1m"] = {"start": round(os.getloadavg()[0], 2)}
 
@@ -133,6 +139,27 @@ def _row(spec: str, states: list[EvalState], out: Path, options: MatrixOptions, 
         return row
     finally:
         oracle.close()
+
+
+def _reference_row(oracle: ExpertOracle, row: ModelRow, options: MatrixOptions, out: Path,
+                   on_tick: Callable[[], None]) -> ModelRow:
+    """The "perfect" row: a task's reference policy (`expert:TASK`), scored in closed-loop runs only.
+
+    It answers by reading the live workspace, which a frozen state does not carry, so it is asked no
+    frozen state; and it knows one task, so its loop must run that task.
+    """
+    row.states_scored = 0
+    loop = options.loop
+    if loop is None or loop.runs <= 0:
+        return row.model_copy(update={"status": "unavailable", "reason": "a reference policy is scored in "
+                                      "closed-loop runs only (it reads the live workspace); give --loop-runs > 0"})
+    if load_task(loop.task).id != oracle.task_id:
+        return row.model_copy(update={"status": "unavailable", "reason": f"the reference policy of {oracle.task_id} "
+                                      f"cannot run the loop task {loop.task}"})
+    row.reason = "reference policy, not a model: closed-loop runs only (frozen states carry no workspace)"
+    row.loop = closed_loop(oracle, loop, out / "loop" / f"{slug(row.spec)}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           on_run=on_tick)
+    return row
 
 
 def run_matrix(specs: list[str], eval_file: Path, out: Path, options: MatrixOptions, *, generator: str,

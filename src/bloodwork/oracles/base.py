@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -45,12 +46,18 @@ class Completion(BaseModel):
 
 @dataclass(frozen=True)
 class CallInfo:
-    """Where a call happens: lets chaos decide reproducibly and scripts answer by tick."""
+    """Where a call happens: lets chaos decide reproducibly and scripts answer by tick.
+
+    `workspace` is the run's workspace as it is at this call (the kernel passes it; a fork passes its
+    copy's). Models ignore it; a state-aware reference policy (`expert:TASK`) reads files under it, and
+    only reads: everything it changes, it changes through the op it answers, like any model.
+    """
 
     run_id: str
     tick: int
     call_index: int
     purpose: Literal["tick", "probe", "fork"] = "tick"
+    workspace: Path | None = None
 
 
 @runtime_checkable
@@ -74,7 +81,7 @@ class CharEstimate:
 @runtime_checkable
 class Oracle(Protocol):
     spec: str
-    provenance: Literal["real", "scripted", "replay"]
+    provenance: Literal["real", "scripted", "replay", "expert"]
     tokenizer: Tokenizer
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,

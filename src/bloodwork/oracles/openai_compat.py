@@ -5,8 +5,9 @@ counted in `Completion.retries`, and only for transient failures (rate_limit, se
 connection). Every call streams, so the time to the first content token is measured, not guessed.
 
 Keys come from the environment only. The key is handed to the SDK and nowhere else: `describe()` names
-the variable it came from, and every error message is scrubbed of it (providers echo parts of a bad key
-back in 401 messages) before it reaches a Completion.
+the variable it came from, and every error message is scrubbed of it, whole or in part (providers echo
+parts of a bad key back in 401 messages: any run of MIN_KEY_QUOTE of its characters goes) before it
+reaches a Completion.
 """
 
 from __future__ import annotations
@@ -83,6 +84,28 @@ def _public_url(url: str) -> str:
 
 
 _KEYLIKE = re.compile(r"\b(?:sk-|AIza)[\w\-*.]*|[\w\-]*\*{3,}[\w\-]*")
+# A run of this many characters of the key, anywhere in a message, is taken as a quotation of it
+# (providers quote a bad key's last few characters in 401 bodies, without any prefix to spot).
+MIN_KEY_QUOTE = 6
+
+
+def scrub_key(message: str, key: str, min_quote: int = MIN_KEY_QUOTE) -> str:
+    """`message` with every run of `min_quote` or more characters of `key` (a part of it, anywhere) as [key]."""
+    k = min(min_quote, len(key))
+    if k == 0:
+        return message
+    grams = {key[i:i + k] for i in range(len(key) - k + 1)}
+    covered = [False] * len(message)
+    for i in range(len(message) - k + 1):
+        if message[i:i + k] in grams:
+            covered[i:i + k] = [True] * k
+    out: list[str] = []
+    for i, ch in enumerate(message):
+        if not covered[i]:
+            out.append(ch)
+        elif i == 0 or not covered[i - 1]:
+            out.append("[key]")
+    return "".join(out)
 
 
 class _Attempt(Exception):
@@ -199,8 +222,8 @@ class OpenAICompatOracle:
                           completion_tokens=completion_tokens, finish_reason=finish)
 
     def _scrub(self, message: str) -> str:
-        message = message.replace(self._key, "[key]")
-        return _KEYLIKE.sub("[redacted]", message)[:500]
+        # Cut first (scrubbing is linear but in Python): a key cut in half at 2,000 is still a quotation.
+        return _KEYLIKE.sub("[redacted]", scrub_key(message[:2000], self._key))[:500]
 
     # ---- the bounded retry loop -----------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bloodwork.oracles.base import Oracle, OracleConfigError
 
 SPEC_HELP = ("local:smollm2[+constrained][+lora=PATH], openai:MODEL, gemini:MODEL, kimi:MODEL, "
-             "scripted:FILE, replay:RUN_DIR")
+             "scripted:FILE, replay:RUN_DIR, expert:TASK")
 
 
 def make_oracle(spec: str, **options: object) -> Oracle:
@@ -21,6 +21,11 @@ def make_oracle(spec: str, **options: object) -> Oracle:
         from bloodwork.oracles.replay import ReplayOracle
 
         return ReplayOracle(spec, rest)
+    if scheme == "expert":
+        # A task's reference policy (bloodwork.experts): reads the run's workspace, tagged `provenance: expert`.
+        from bloodwork.experts import make_expert
+
+        return make_expert(spec, rest)
     if scheme == "local":
         from bloodwork.oracles.local import make_local_oracle
 

@@ -1,16 +1,18 @@
 """The task protocol: a goal, a workspace to prepare, a hidden verifier, metadata.
 
-A task never shows its verifier to the agent: hidden tests live outside the workspace and are copied
-next to a *copy* of the workspace only when a halt is verified, inside the sandbox.
+A task never shows its verifier to the agent: hidden tests live outside the workspace and are placed next
+to a *copy* of the workspace only when a halt is verified, inside a sandbox of the verifier's own; the
+agent sees the verdict (`summary`), never the tests or their output.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
+
+from bloodwork.manifold.toolchain import Toolchain
 
 
 class TaskError(ValueError):
@@ -37,8 +39,10 @@ class CommandRunnerLike(Protocol):
 class Task(Protocol):
     """What the kernel needs from a task. The kernel calls, in order:
 
-    `prepare` (fill the empty workspace), `start` (processes, inside the run's sandbox, once the
-    sandbox exists; also after a resume, with `resumed=True`), `on_tick` before every tick (task-level
+    `prepare` (fill the empty workspace; a failure is a `TaskError`), `toolchain` (the interpreter the
+    sandbox's commands get: None for bloodwork's own, else e.g. a repo-fix instance's environment),
+    `start` (processes, inside the run's sandbox, once the sandbox exists; also after a resume, with
+    `resumed=True`), `on_tick` before every tick (task-level
     faults; each returned dict is journaled as an injected `chaos` event), `verify` on every `SYS_HALT`
     and at the end of the run, `close` when the run stops.
     """
@@ -49,6 +53,8 @@ class Task(Protocol):
 
     def prepare(self, workspace: Path, seed: int) -> None: ...
 
+    def toolchain(self) -> Toolchain | None: ...
+
     def start(self, runner: CommandRunnerLike, *, seed: int, resumed: bool) -> None: ...
 
     def on_tick(self, runner: CommandRunnerLike, tick: int, seed: int) -> list[dict[str, Any]]: ...
@@ -58,16 +64,3 @@ class Task(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-_PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|error|errors|skipped)")
-
-
-def pytest_counts(output: str) -> dict[str, int]:
-    """Counts from pytest's closing line (`3 failed, 5 passed in 0.1s`)."""
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    tail = "\n".join(output.strip().splitlines()[-3:])
-    for num, word in _PYTEST_COUNT.findall(tail):
-        key = "errors" if word.startswith("error") else word
-        counts[key] += int(num)
-    return counts

@@ -9,23 +9,25 @@ goal: |
 verifier:
   command: python3 -m pytest -q -p no:cacheprovider hidden   # run in a copy of the workspace
   timeout_s: 120
+  report: junit          # the verdict: pytest's JUnit report (default), or `exit_code` for other commands
 metadata: {...}          # anything else worth recording in the manifest
 ```
+
+How the command is run and judged (a sandbox of its own, an unshadowable interpreter, a report the agent
+cannot write): `bloodwork.tasks.hidden_tests`.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bloodwork.manifold.runner import CommandRunner
-from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult, pytest_counts
+from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult
+from bloodwork.tasks.hidden_tests import verify_folder
 
 
 class VerifierSpec(BaseModel):
@@ -33,6 +35,7 @@ class VerifierSpec(BaseModel):
 
     command: str
     timeout_s: float = Field(default=120, gt=0)
+    report: Literal["junit", "exit_code"] = "junit"
 
 
 class TaskFile(BaseModel):
@@ -67,43 +70,24 @@ class FolderTask:
         self.id = self.spec.id
         self.goal = self.spec.goal.strip()
         self.metadata = {"kind": self.spec.kind, "synthetic": self.spec.synthetic,
-                         "verifier": f"hidden tests: {self.spec.verifier.command}", **self.spec.metadata}
+                         "verifier": f"hidden tests: {self.spec.verifier.command} "
+                         f"(verdict from {self.spec.verifier.report}, in a sandbox of its own)", **self.spec.metadata}
 
     def prepare(self, workspace: Path, seed: int) -> None:
         files = self.folder / "files"
         if files.is_dir():
             shutil.copytree(files, workspace, dirs_exist_ok=True)
 
+    def toolchain(self) -> None:
+        return None
+
     def start(self, runner: CommandRunnerLike, *, seed: int, resumed: bool) -> None:
         return None
 
     def verify(self, workspace: Path, runner: CommandRunnerLike | None = None) -> VerifierResult:
-        start = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="bloodwork-verify-") as tmp:
-            copy = Path(tmp) / "ws"
-            shutil.copytree(workspace, copy, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-            hidden = self.folder / "hidden"
-            if hidden.is_dir():
-                # Whatever the agent put at ./hidden goes first: it must not shadow or rig the hidden suite.
-                planted = copy / "hidden"
-                if planted.is_symlink() or planted.is_file():
-                    planted.unlink()
-                elif planted.is_dir():
-                    shutil.rmtree(planted)
-                shutil.copytree(hidden, planted)
-            runner = CommandRunner(copy)
-            try:
-                res = runner.run(self.spec.verifier.command, self.spec.verifier.timeout_s)
-            finally:
-                runner.close()
-        counts = pytest_counts(res.text)
-        passed = res.exit_code == 0 and not res.timed_out and counts["failed"] == 0 and counts["errors"] == 0
-        summary = (f"{counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors"
-                   + (" (timed out)" if res.timed_out else ""))
-        return VerifierResult(passed=passed, summary=summary, stage="verified" if passed else "failing",
-                              details={"exit_code": res.exit_code, **counts, "output_tail": res.text[-2000:]},
-                              duration_s=round(time.monotonic() - start, 3))
+        spec = self.spec.verifier
+        return verify_folder(workspace, self.folder / "hidden", spec.command, spec.timeout_s, report=spec.report,
+                             parent=runner)
 
     def on_tick(self, runner: CommandRunnerLike, tick: int, seed: int) -> list[dict[str, Any]]:
         return []

@@ -68,6 +68,22 @@ def in_db(path: str, key: str) -> tuple[str | None, str | None]:
     return (row[0] if row else None), None
 
 
+def in_audit_log(path: str, key: str) -> bool:
+    """Whether the audit trail recorded a write of `key` (a write it did not record is an unaudited one)."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("key") == key and entry.get("op") == "put":
+            return True
+    return False
+
+
 def check(args: dict[str, Any]) -> dict[str, Any]:
     port = args["port"]
     status, body = call(port, "GET", "/health")
@@ -80,10 +96,11 @@ def check(args: dict[str, Any]) -> dict[str, Any]:
     put_status, put_body = call(port, "PUT", f"/kv/{key}", value.encode())
     got = value_of(*call(port, "GET", f"/kv/{key}"))
     stored, db_error = in_db(args["db_path"], key)
+    audited = in_audit_log(args["audit_log"], key)
     call(port, "DELETE", f"/kv/{key}")
     out["roundtrip"] = {"ok": put_status == 200 and got == value, "put_status": put_status,
                         "put_answer": put_body[:200], "read_back": got == value,
-                        "in_db_file": stored == value, "db_error": db_error}
+                        "in_db_file": stored == value, "db_error": db_error, "audited": audited}
     sentinels = {}
     for skey, svalue in args["sentinels"].items():
         sstatus, sbody = call(port, "GET", f"/kv/{skey}")
@@ -91,7 +108,8 @@ def check(args: dict[str, Any]) -> dict[str, Any]:
     out["sentinels"] = {"intact": sum(s["intact"] for s in sentinels.values()), "total": len(sentinels),
                         "missing": [k for k, s in sentinels.items() if not s["intact"]]}
     out["healthy"] = health_ok and out["roundtrip"]["ok"]
-    out["data_ok"] = out["sentinels"]["intact"] == out["sentinels"]["total"] and out["roundtrip"]["in_db_file"]
+    out["data_ok"] = (out["sentinels"]["intact"] == out["sentinels"]["total"] and out["roundtrip"]["in_db_file"]
+                      and audited)
     return out
 
 

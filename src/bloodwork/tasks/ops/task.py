@@ -2,13 +2,16 @@
 
 The service (`kvd`, stdlib HTTP + SQLite, files under `builtin/ops-blindbox/service/`) is copied into
 the workspace by `prepare` and started by `start` inside the run's sandbox, so the agent's commands
-share its network namespace and processes. `start` then stores sentinel records through the API.
+share its network namespace and processes. kvd records every write with a second local service, the
+audit trail (`service/audit.py`, on an address of its own, 127.0.0.2), and refuses writes it cannot
+record. `start` then stores sentinel records through the API.
 At a tick chosen by the seed (3..10), `on_tick` makes the scenario's fault happen for real and returns
 it as a chaos event; from then on each tick's `on_tick` checks the service until it is first healthy
 again with its data, which dates the recovery (MTTR in ticks and seconds).
 
 A task object lives for one run. After a resume the injection tick is recomputed from the seed (a
-fault whose tick has passed is taken as having struck); the first-healthy record is not kept.
+fault whose tick has passed is taken as having struck); the first-healthy record is not kept. A
+network fault lives in the sandbox's network namespace, which a resume replaces: it is made again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult
+from bloodwork.tasks.ops.netns import make_unreachable, unavailable
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "builtin" / "ops-blindbox"
 SERVICE_DIR = DATA_DIR / "service"
@@ -38,7 +42,10 @@ INJECT_FIRST, INJECT_LAST = 3, 10
 SENTINELS = 5
 # Fixed, not seeded: the goal names it, and after a resume the goal is built before the seed is known.
 PORT = 8417
-FaultKind = Literal["kill9", "chmod", "port_squat", "config_corrupt"]
+AUDIT_HOST, AUDIT_PORT = "127.0.0.2", 8418
+AUDIT_LOG = "data/audit.log"
+FaultKind = Literal["kill9", "chmod", "port_squat", "config_corrupt", "net_unreachable"]
+NETWORK_FAULTS = ("net_unreachable",)
 
 GOAL = """You are on call for kvd, a key/value HTTP service that runs in this workspace (the same sandbox
 as your commands). Clients use it at http://127.0.0.1:{port}. Its code, scripts, config and runbook
@@ -100,9 +107,10 @@ def _now() -> tuple[float, str]:
 
 
 def helper(runner: CommandRunnerLike, action: str, timeout_s: float = 30, **args: Any) -> dict[str, Any]:
-    """Run one helper action in the sandbox; its last output line is the JSON answer."""
+    """Run one helper action in the sandbox; its last output line is the JSON answer. `-I`: the workspace is
+    the working directory, and a `json.py` or `sqlite3/` the agent left there must not stand in for ours."""
     payload = shlex.quote(json.dumps({"action": action, **args}))
-    res = runner.run(f"python3 - {payload} <<'BLOODWORK_HELPER'\n{HELPER_SOURCE}\nBLOODWORK_HELPER", timeout_s)
+    res = runner.run(f"python3 -I - {payload} <<'BLOODWORK_HELPER'\n{HELPER_SOURCE}\nBLOODWORK_HELPER", timeout_s)
     lines = res.text.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else None
@@ -128,7 +136,8 @@ class OpsTask:
             "inject_tick": f"{INJECT_FIRST}..{INJECT_LAST}, from sha256 of the seed",
             "stages": list(STAGES),
             "verifier": ("through the run's sandbox: GET /health answers 200 ok, a PUT/GET round trip on the "
-                         "client port returns the value and lands in data/store.db, and all sentinel records "
+                         "client port returns the value, lands in data/store.db and in the audit trail "
+                         f"{AUDIT_LOG}, and all sentinel records "
                          "stored at start read back unchanged; recovered = all of that after the fault struck "
                          "(`passed`); healthy_data_lost = healthy but a sentinel is gone or the store moved; "
                          "down = not healthy; before_fault = halted before the fault. MTTR = first tick at "
@@ -148,14 +157,19 @@ class OpsTask:
         self.inject_tick = inject_tick_for(seed, self.scenario.id)
         self.sentinels = sentinels_for(seed)
 
+    def toolchain(self) -> None:
+        return None
+
     def prepare(self, workspace: Path, seed: int) -> None:
+        if self.scenario.fault in NETWORK_FAULTS and (why := unavailable()):
+            raise TaskError(f"{self.id}: the network fault {why}")
         self._configure(seed)
         shutil.copytree(SERVICE_DIR, workspace / "service", ignore=shutil.ignore_patterns("__pycache__"))
         for script in ("start.sh", "stop.sh", "status.sh"):
             (workspace / "service" / script).chmod(0o755)
         (workspace / "service" / "config.json").write_text(json.dumps(
             {"host": "127.0.0.1", "port": self.port, "db_path": DB_PATH, "log_path": "logs/service.log",
-             "pid_file": "run/service.pid"}, indent=2) + "\n")
+             "pid_file": "run/service.pid", "audit": {"host": AUDIT_HOST, "port": AUDIT_PORT}}, indent=2) + "\n")
         for folder in ("data", "logs", "run"):
             (workspace / folder).mkdir(exist_ok=True)
 
@@ -178,11 +192,11 @@ class OpsTask:
         key = f"verify-{int(t * 1000)}"
         try:
             return helper(runner, "check", port=self.port, db_path=DB_PATH, sentinels=self.sentinels,
-                          roundtrip_key=key, roundtrip_value=f"round trip at {t:.3f}")
+                          roundtrip_key=key, roundtrip_value=f"round trip at {t:.3f}", audit_log=AUDIT_LOG)
         except TaskError as err:  # the sandbox itself is broken: the service is not reachable either
             return {"healthy": False, "data_ok": False, "error": str(err),
                     "health": {"ok": False, "status": None, "answer": str(err)[:300]},
-                    "roundtrip": {"ok": False, "in_db_file": False},
+                    "roundtrip": {"ok": False, "in_db_file": False, "audited": False},
                     "sentinels": {"intact": 0, "total": len(self.sentinels), "missing": sorted(self.sentinels)}}
 
     def _inject(self, runner: CommandRunnerLike, tick: int) -> dict[str, Any]:
@@ -210,6 +224,9 @@ class OpsTask:
             target, params = f"port {self.port}", helper(runner, "squat", port=self.port)
             self._stray_pids.append(params["squatter_pid"])
             params["restart"] = runner.run("./service/start.sh", 30).text.strip()[-300:]
+        elif fault == "net_unreachable":
+            target = f"route to {AUDIT_HOST} (the audit service, port {AUDIT_PORT})"
+            params = make_unreachable(runner, AUDIT_HOST)
         else:
             target, params = "service/config.json", helper(runner, "corrupt_config", path="service/config.json")
             params["killed"] = helper(runner, "kill_service")["killed"]
@@ -225,6 +242,11 @@ class OpsTask:
                 return [self._inject(runner, tick)]
             if tick > self.inject_tick:  # resumed after the fault struck: it is in the world already
                 self._fault = {"tick": self.inject_tick, "ts": None, "at": None, "reconstructed": True}
+                if self.scenario.fault in NETWORK_FAULTS:  # ...except a route: the new sandbox has a new namespace
+                    try:
+                        self._fault["remade"] = self._strike(runner)[1]
+                    except TaskError as err:
+                        self._fault["remade"] = {"error": str(err)}
             return []
         if self._first_healthy is None:
             result = self.check(runner)
@@ -260,7 +282,8 @@ class OpsTask:
             "down": f"the service is down: health {result['health']['status'] or 'no answer'}, round trip "
                     f"{'ok' if result['roundtrip']['ok'] else 'failing'}",
             "healthy_data_lost": f"healthy, but data was lost: {sent['intact']}/{sent['total']} earlier records "
-                                 f"intact, round trip stored in {DB_PATH}: {result['roundtrip']['in_db_file']}",
+                                 f"intact, round trip stored in {DB_PATH}: {result['roundtrip']['in_db_file']}, "
+                                 f"in the audit trail: {result['roundtrip']['audited']}",
             "recovered": f"recovered with all {sent['total']} earlier records intact"
                          + (f" (MTTR {details['mttr_ticks']} ticks)" if details.get("mttr_ticks") is not None else ""),
         }[stage]

@@ -1,8 +1,10 @@
-"""Repo-fix instances: the SWE-bench fields, plus where the code comes from.
+"""Repo-fix instances: the SWE-bench fields, plus where the code comes from and what it runs with.
 
-An instance names its base code either by a git commit in a local checkout (`base_commit` +
-`repo_dir`, what SWE-bench JSONL imports give) or by a PyPI source archive pinned by version and
-sha256 (`source_archive`, what the built-ins use: nothing of those projects is committed here).
+An instance names its base code in one of three ways: a PyPI source archive pinned by version and
+sha256 (`source_archive`, what the built-ins use: nothing of those projects is committed here); an
+archive of the base tree stored next to the instance file (`base_archive`, what `tasks import` writes,
+so a task folder can be moved, shared or committed); or a commit in a local checkout (`base_commit` +
+`repo_dir`, for a hand-written file).
 
 Three ways to state the fix and its hidden tests:
 
@@ -11,26 +13,29 @@ Three ways to state the fix and its hidden tests:
   gold patch takes it out again) and `test_patch` adds our hidden tests;
 - `fix_release`: a real bug fixed upstream in a later release; the gold patch and the upstream
   regression tests are the named files of that release's source archive, read at preparation time.
+
+The environment the tests run in (`python`, `install`, `packages`, `pip_packages`, `pythonpath`) is
+described in `env.py`; the field table is in the README ("Bring your own repo-fix instance").
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
-import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bloodwork.tasks.base import TaskError
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin" / "repo-fix"
 DEFAULT_TEST_CMD = "python3 -m pytest -p no:cacheprovider"
-# The sandbox's pytest is bloodwork's, with bloodwork's plugins (hypothesis, anyio, ...); a project's
-# tests need none of them and loading them costs ~2 s per run. An instance's `env` can override this.
-BASE_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+INSTANCE_FILE = "instance.yaml"
+# A pytest node id: a test file, optionally `::` and the names inside it (SWE-bench's pytest repos).
+_NODE_ID = re.compile(r"^[^\s:]+\.py(::.+)?$")
 
 
 class InstanceError(TaskError):
@@ -61,6 +66,28 @@ class FixRelease(BaseModel):
     test_files: list[str] = Field(min_length=1)
 
 
+def _relative(path: str) -> str:
+    """A path inside the base tree: relative, no `..`."""
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"{path!r} must be a relative path inside the base tree")
+    return path
+
+
+class BaseArchive(BaseModel):
+    """The base tree as a tar archive next to the instance file, pinned by sha256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(min_length=1, description="relative to the instance file's folder")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return _relative(value)
+
+
 class RepoFixInstance(BaseModel):
     """One bug to reproduce, fix, test and describe in a PR draft."""
 
@@ -68,12 +95,13 @@ class RepoFixInstance(BaseModel):
 
     instance_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     repo: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    version: str = Field(default="unversioned", min_length=1)
     bug: Literal["real", "injected"] = "real"
     upstream: str = ""
     base_commit: str | None = None
     repo_dir: str | None = None
     source_archive: SdistRef | None = None
+    base_archive: BaseArchive | None = None
     fix_release: FixRelease | None = None
     problem_statement: str = Field(min_length=1)
     FAIL_TO_PASS: list[str] = Field(min_length=1)
@@ -84,6 +112,25 @@ class RepoFixInstance(BaseModel):
     test_dir: str = "tests"
     env: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(default=300, gt=0)
+    python: str | None = Field(default=None, pattern=r"^3\.\d+$")
+    install: str | None = Field(default=None, min_length=1)
+    packages: str | None = None
+    pip_packages: list[str] = Field(default_factory=list)
+    pythonpath: list[str] | None = None
+    # Where the instance file lives: `base_archive` is found relative to it.
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pythonpath_from_env(cls, data: Any) -> Any:
+        """`env: {PYTHONPATH: src}` (what users wrote by hand before `pythonpath` existed) means `pythonpath`."""
+        if isinstance(data, dict) and isinstance(data.get("env"), dict) and "PYTHONPATH" in data["env"]:
+            env = dict(data["env"])
+            entries = str(env.pop("PYTHONPATH")).split(":")
+            if data.get("pythonpath") is None:
+                data = {**data, "pythonpath": [e for e in entries if e]}
+            data = {**data, "env": env}
+        return data
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod
@@ -96,6 +143,27 @@ class RepoFixInstance(BaseModel):
                 raise ValueError(f"not a JSON list of test ids ({err})") from err
         return value
 
+    @field_validator("FAIL_TO_PASS", "PASS_TO_PASS")
+    @classmethod
+    def _pytest_ids(cls, value: list[str]) -> list[str]:
+        """Only pytest node ids can be selected and read back; Django/SymPy-style ids would all read `missing`."""
+        bad = [t for t in value if not _NODE_ID.match(t)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a pytest node id (FILE.py or FILE.py::NAME); Django- or "
+                             "SymPy-style test ids cannot be selected with pytest"
+                             + (f" ({len(bad)} such ids)" if len(bad) > 1 else ""))
+        return value
+
+    @field_validator("packages")
+    @classmethod
+    def _packages_inside(cls, value: str | None) -> str | None:
+        return None if value is None else _relative(value)
+
+    @field_validator("pythonpath")
+    @classmethod
+    def _pythonpath_inside(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [p if p == "." else _relative(p.rstrip("/")) for p in value]
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -106,10 +174,10 @@ class RepoFixInstance(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RepoFixInstance:
-        by_git = self.base_commit is not None or self.repo_dir is not None
-        if by_git == (self.source_archive is not None):
-            raise ValueError("give either base_commit with repo_dir, or source_archive")
-        if by_git and (self.base_commit is None or self.repo_dir is None):
+        sources = [self.source_archive is not None, self.base_archive is not None, self.repo_dir is not None]
+        if sum(sources) != 1:
+            raise ValueError("give exactly one of source_archive, base_archive, or base_commit with repo_dir")
+        if self.repo_dir is not None and self.base_commit is None:
             raise ValueError("base_commit and repo_dir go together")
         if self.fix_release is not None:
             if self.source_archive is None or self.bug != "real":
@@ -126,9 +194,14 @@ class RepoFixInstance(BaseModel):
     def hidden_tests(self) -> list[str]:
         return self.FAIL_TO_PASS + self.PASS_TO_PASS
 
+    @property
+    def folder(self) -> Path | None:
+        """The folder of the file this instance was loaded from (None for one built in memory)."""
+        return self._folder
+
     def env_prefix(self) -> str:
-        """`NAME=value ...` before a command (BASE_ENV, then `env`), quoted for /bin/sh."""
-        return "".join(f"{k}={shlex.quote(v)} " for k, v in sorted({**BASE_ENV, **self.env}.items()))
+        """`NAME=value ...` of `env` before a command, quoted for /bin/sh."""
+        return "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(self.env.items()))
 
 
 def _first_error(err: ValidationError) -> str:
@@ -148,14 +221,18 @@ def parse_instance(data: Any, where: str) -> RepoFixInstance:
 
 
 def load_instance_file(path: Path) -> RepoFixInstance:
-    """One instance from a YAML or JSON file."""
+    """One instance from a YAML or JSON file, or from a task folder holding `instance.yaml`."""
+    if path.is_dir():
+        path = path / INSTANCE_FILE
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as err:
         raise InstanceError(f"{path}: cannot read ({err.strerror})") from err
     except yaml.YAMLError as err:
         raise InstanceError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-    return parse_instance(data, str(path))
+    inst = parse_instance(data, str(path))
+    inst._folder = path.resolve().parent
+    return inst
 
 
 def builtin_instances() -> list[RepoFixInstance]:
@@ -170,58 +247,18 @@ def builtin_instance(instance_id: str) -> RepoFixInstance:
     return load_instance_file(path)
 
 
-# SWE-bench rows carry more than a task needs; these are read, anything else is ignored.
-_SWE_FIELDS = ("instance_id", "repo", "version", "base_commit", "problem_statement", "FAIL_TO_PASS",
-               "PASS_TO_PASS", "test_patch", "patch")
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line text (bug reports, diffs) as `|` blocks, so an instance file reads like the text it holds."""
 
 
-def _has_commit(repo_dir: Path, commit: str) -> bool:
-    res = subprocess.run(["git", "-C", str(repo_dir), "cat-file", "-e", f"{commit}^{{commit}}"],
-                         capture_output=True, check=False)
-    return res.returncode == 0
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
 
 
-def import_instances(jsonl_path: Path, repo_dir: Path) -> list[RepoFixInstance]:
-    """SWE-bench-style JSONL (one instance a line) whose base commits live in the checkout `repo_dir`.
-
-    Every line is checked, including that its base commit exists in the checkout, so a bad file is
-    refused whole with the first problem on one line (`FILE:LINE: field: why`).
-    """
-    repo_dir = repo_dir.resolve()
-    if not (repo_dir / ".git").exists():
-        raise InstanceError(f"{repo_dir}: not a git checkout (no .git)")
-    try:
-        lines = jsonl_path.read_text().splitlines()
-    except OSError as err:
-        raise InstanceError(f"{jsonl_path}: cannot read ({err.strerror})") from err
-    out: list[RepoFixInstance] = []
-    seen: set[str] = set()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{jsonl_path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise InstanceError(f"{where}: not valid JSON ({err})") from err
-        if not isinstance(row, dict):
-            raise InstanceError(f"{where}: a line must be a JSON object")
-        data = {k: row[k] for k in _SWE_FIELDS if k in row}
-        data["repo_dir"] = str(repo_dir)
-        inst = parse_instance(data, where)
-        if inst.instance_id in seen:
-            raise InstanceError(f"{where}: instance_id {inst.instance_id!r} appears twice")
-        assert inst.base_commit is not None
-        if not _has_commit(repo_dir, inst.base_commit):
-            raise InstanceError(f"{where}: base_commit {inst.base_commit} is not in {repo_dir}")
-        seen.add(inst.instance_id)
-        out.append(inst)
-    if not out:
-        raise InstanceError(f"{jsonl_path}: no instances")
-    return out
+_BlockDumper.add_representer(str, _str)
 
 
 def write_instance(inst: RepoFixInstance, path: Path) -> None:
-    """Save an (imported) instance as YAML; `load_task(path)` runs it."""
-    path.write_text(yaml.safe_dump(inst.model_dump(mode="json", exclude_defaults=True), sort_keys=False,
-                                   allow_unicode=True))
+    """Save an instance as YAML; `load_task(path)` runs it (a `base_archive` must sit next to it)."""
+    path.write_text(yaml.dump(inst.model_dump(mode="json", exclude_defaults=True), Dumper=_BlockDumper,
+                              sort_keys=False, allow_unicode=True))

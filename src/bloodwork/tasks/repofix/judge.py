@@ -18,13 +18,16 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from bloodwork.manifold.runner import CommandRunner, SandboxKind
+from bloodwork.manifold.runner import CommandRunner, ExecResult, SandboxKind
+from bloodwork.manifold.toolchain import Toolchain
 from bloodwork.tasks.base import VerifierResult
+from bloodwork.tasks.hidden_tests import read_junit, report_path, statuses_for, trusted_command, verifier_mounts
 from bloodwork.tasks.repofix.instance import RepoFixInstance
 from bloodwork.tasks.repofix.sources import IGNORED, Materialized
 
@@ -55,23 +58,6 @@ def repro_kind(path: str) -> str | None:
     if _TEST_NAME.match(name) and name != "conftest.py":
         return "pytest"
     return None
-
-
-_STATUS_LINE = re.compile(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (.+)$")
-
-
-def statuses_from_summary(output: str, wanted: list[str]) -> dict[str, str]:
-    """Each wanted test id's status from pytest's `-rA` summary; `missing` when pytest never named it."""
-    seen: dict[str, str] = {}
-    for line in output.splitlines():
-        m = _STATUS_LINE.match(line.rstrip())
-        if not m:
-            continue
-        status, rest = m.groups()
-        for test in wanted:
-            if rest == test or rest.startswith(test + " - "):
-                seen.setdefault(test, status)
-    return {t: seen.get(t, "missing") for t in wanted}
 
 
 def pytest_selectors(tests: list[str]) -> list[str]:
@@ -115,10 +101,15 @@ def check_pr(text: str | None) -> dict[str, Any]:
 class _Sandbox:
     runner: CommandRunner
     inst: RepoFixInstance
+    mat: Materialized
 
     def sh(self, cmd: str, timeout_s: float = 120) -> tuple[int, str, bool]:
         res = self.runner.run(cmd, timeout_s)
         return res.exit_code, res.text, res.timed_out
+
+    def env(self) -> str:
+        """Variables before a test command run at a tree's root: its import path first, then the instance's."""
+        return self.mat.pythonpath_prefix() + self.inst.env_prefix()
 
 
 def _tail(text: str, n: int = 1500) -> str:
@@ -149,7 +140,7 @@ def _changed_files(box: _Sandbox, root: Path) -> tuple[list[tuple[str, str]], st
 
 
 def _run_repro(box: _Sandbox, where: str, path: str, kind: str) -> dict[str, Any]:
-    env = box.inst.env_prefix()
+    env = box.env()
     quoted = shlex.quote(path)
     cmd = (f"{env}{box.inst.test_cmd} -q --rootdir . {quoted}" if kind == "pytest" else f"{env}python3 {quoted}")
     code, out, timed_out = box.sh(f"cd {where} && {cmd}", timeout_s=min(box.inst.timeout_s, 120))
@@ -182,8 +173,22 @@ def _reproduction(box: _Sandbox, changed: list[tuple[str, str]]) -> dict[str, An
                     "failed, exit 1; script: non-zero exit), and on the agent's code pass"}
 
 
-def _hidden_tests(box: _Sandbox, mat: Materialized) -> dict[str, Any]:
-    inst = box.inst
+def run_hidden_tests(runner: CommandRunner, inst: RepoFixInstance, mat: Materialized, tree: str,
+                     args: str) -> tuple[str, ExecResult, dict[str, str]]:
+    """`test_cmd ARGS` at `tree` (a folder of the runner's workspace) as the judge runs the hidden tests, and
+    `tasks validate` too: the command, its result and each hidden test's status. Statuses come from
+    pytest's JUnit report (returned by the sandbox), never from the output the agent's code can print into;
+    the interpreter setup cannot be shadowed from the tree; the instance's import path (relative to the
+    tree, where pytest starts) is put first by the verifier's plugin. The runner needs `verifier_mounts`."""
+    cmd = f"cd {tree} && {inst.test_cmd} {args}"
+    report = report_path()
+    env = {**inst.env, "PYTHONPATH": ":".join(mat.pythonpath)}
+    res = runner.run(trusted_command(cmd, report, runner.kind, env), inst.timeout_s, collect=report)
+    return cmd, res, statuses_for(read_junit(res.collected), inst.hidden_tests)
+
+
+def _hidden_tests(box: _Sandbox) -> dict[str, Any]:
+    inst, mat = box.inst, box.mat
     place = []
     for rel, data in mat.hidden.items():
         q = shlex.quote(rel)
@@ -192,10 +197,9 @@ def _hidden_tests(box: _Sandbox, mat: Materialized) -> dict[str, Any]:
             place.append(f"mkdir -p \"$(dirname agent/{q})\" && cp hidden/{q} agent/{q}")
     if place:
         box.sh(" && ".join(place))
-    cmd = (f"cd agent && {inst.env_prefix()}{inst.test_cmd} -rA --tb=short -q --rootdir . "
-           + " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests)))
-    code, out, timed_out = box.sh(cmd, timeout_s=inst.timeout_s)
-    statuses = statuses_from_summary(out, inst.hidden_tests)
+    selectors = " ".join(shlex.quote(s) for s in pytest_selectors(inst.hidden_tests))
+    _, res, statuses = run_hidden_tests(box.runner, inst, mat, "agent", f"-rA --tb=short -q --rootdir . {selectors}")
+    code, out, timed_out = res.exit_code, res.text, res.timed_out
     f2p = {t: statuses[t] for t in inst.FAIL_TO_PASS}
     p2p = {t: statuses[t] for t in inst.PASS_TO_PASS}
     return {"FAIL_TO_PASS": f2p, "PASS_TO_PASS": p2p,
@@ -229,9 +233,12 @@ def stage_of(reproduced: bool, fixed: bool, tested: bool, pr_ok: bool) -> str:
     return "reproduced" if reproduced else "none"
 
 
-def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
-          sandbox: SandboxKind = "auto") -> VerifierResult:
-    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved)."""
+def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *, sandbox: SandboxKind = "auto",
+          toolchain: Toolchain | None = None, stop: threading.Event | None = None) -> VerifierResult:
+    """Score the agent's workspace for one instance; `passed` means the hidden tests pass (resolved).
+
+    `toolchain` is the instance's environment (its interpreter runs every test command); `stop` is the
+    run's stop event (SIGTERM), which kills a judgement in progress."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bloodwork-repofix-") as tmp:
         root = Path(tmp)
@@ -242,12 +249,12 @@ def judge(inst: RepoFixInstance, mat: Materialized, workspace: Path, *,
             if data is not None:
                 (root / "hidden" / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / "hidden" / rel).write_bytes(data)
-        runner = CommandRunner(root, sandbox=sandbox)
+        runner = CommandRunner(root, sandbox=sandbox, mounts=verifier_mounts(sandbox), stop=stop, toolchain=toolchain)
         try:
-            box = _Sandbox(runner, inst)
+            box = _Sandbox(runner, inst, mat)
             changed, stat, diff = _changed_files(box, root)
             repro = _reproduction(box, changed)
-            hidden = _hidden_tests(box, mat)
+            hidden = _hidden_tests(box)
         finally:
             runner.close()
         pr = check_pr(_read_pr(root))

@@ -13,6 +13,7 @@ agent's workspace and never runs a patch tool over files the agent controls.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -39,10 +40,14 @@ class SourceError(InstanceError):
     """A source archive cannot be fetched, does not match its sha256, or a patch does not apply."""
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where sdists and instance environments are kept: `$BLOODWORK_CACHE`, else ~/.cache/bloodwork."""
     base = os.environ.get(CACHE_ENV)
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "bloodwork"
-    return root / "sdists"
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "bloodwork"
+
+
+def cache_dir() -> Path:
+    return cache_root() / "sdists"
 
 
 def _cached(ref: SdistRef, folder: Path) -> Path | None:
@@ -142,24 +147,75 @@ def _read_files(tree: Path, paths: list[str]) -> dict[str, bytes | None]:
     return {p: (tree / p).read_bytes() if (tree / p).is_file() else None for p in paths}
 
 
-def _git_archive(repo_dir: Path, commit: str, dest: Path) -> None:
+def git_refusal(repo_dir: Path, stderr: str) -> str | None:
+    """git's own reason for refusing a checkout, when it is not about the commit (ownership, not a repo)."""
+    if "dubious ownership" in stderr:
+        return (f"git refuses {repo_dir}: dubious ownership (it belongs to another user); run git as its owner "
+                f"or trust it with `git config --global --add safe.directory {repo_dir}`")
+    if "not a git repository" in stderr:
+        return f"{repo_dir}: not a git checkout"
+    return None
+
+
+def git_tar(repo_dir: Path, commit: str) -> bytes:
+    """The tree of `commit` as a tar archive (no history, no .git)."""
     res = subprocess.run(["git", "-C", str(repo_dir), "archive", "--format=tar", commit], capture_output=True,
                          check=False)
     if res.returncode != 0:
-        why = (res.stderr.decode(errors="replace").strip().splitlines() or ["unknown error"])[0]
-        raise SourceError(f"git archive {commit} in {repo_dir} failed: {why}")
+        stderr = res.stderr.decode(errors="replace")
+        why = (stderr.strip().splitlines() or ["unknown error"])[0]
+        raise SourceError(git_refusal(repo_dir, stderr) or f"git archive {commit} in {repo_dir} failed: {why}")
+    return res.stdout
+
+
+def _extract_tar_bytes(data: bytes, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tf:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         tf.extractall(dest, filter="data")
+
+
+def _base_archive(inst: RepoFixInstance, dest: Path) -> None:
+    """The tree stored next to the instance file, after checking its sha256."""
+    assert inst.base_archive is not None
+    if inst.folder is None:
+        raise SourceError(f"{inst.instance_id}: base_archive {inst.base_archive.path} is relative to the instance "
+                          "file, and this instance was not loaded from one")
+    path = inst.folder / inst.base_archive.path
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SourceError(f"{inst.instance_id}: cannot read the base archive {path} ({err.strerror})") from err
+    got = hashlib.sha256(data).hexdigest()
+    if got != inst.base_archive.sha256:
+        raise SourceError(f"{path}: sha256 {got} does not match the pinned {inst.base_archive.sha256}")
+    try:
+        _extract_tar_bytes(data, dest)
+    except (tarfile.TarError, OSError) as err:
+        raise SourceError(f"{path}: not a readable tar archive ({err})") from err
+
+
+def import_roots(tree: Path) -> list[str]:
+    """Where a project's code is imported from: `src` for a src layout, else the tree's root."""
+    src = tree / "src"
+    if src.is_dir() and any((p / "__init__.py").is_file() or (p.suffix == ".py" and p.is_file())
+                            for p in src.iterdir()):
+        return ["src"]
+    return ["."]
 
 
 @dataclass
 class Materialized:
-    """The trees of one instance: `base` on disk, hidden tests and fix as path -> bytes (None: delete)."""
+    """The trees of one instance: `base` on disk, hidden tests and fix as path -> bytes (None: delete),
+    and the folders (relative to a tree's root) that go first on PYTHONPATH."""
 
     base: Path
     hidden: dict[str, bytes | None] = field(default_factory=dict)
     gold: dict[str, bytes | None] = field(default_factory=dict)
+    pythonpath: list[str] = field(default_factory=lambda: ["."])
+
+    def pythonpath_prefix(self) -> str:
+        """`PYTHONPATH=... ` for a command that runs at a tree's root (`$PWD` is expanded there)."""
+        return 'PYTHONPATH="' + ":".join("$PWD" if p == "." else f"$PWD/{p}" for p in self.pythonpath) + '" '
 
 
 def _overlay_of(base: Path, patch: str, scratch: Path, what: str) -> dict[str, bytes | None]:
@@ -178,9 +234,11 @@ def materialize(inst: RepoFixInstance, workdir: Path, cache: Path | None = None)
         shutil.rmtree(base)
     if inst.source_archive is not None:
         extract_archive(fetch_sdist(inst.source_archive, cache), base)
+    elif inst.base_archive is not None:
+        _base_archive(inst, base)
     else:
         assert inst.repo_dir is not None and inst.base_commit is not None
-        _git_archive(Path(inst.repo_dir), inst.base_commit, base)
+        _extract_tar_bytes(git_tar(Path(inst.repo_dir), inst.base_commit), base)
 
     if inst.fix_release is not None:
         fixed = workdir / "fix-release"
@@ -193,7 +251,7 @@ def materialize(inst: RepoFixInstance, workdir: Path, cache: Path | None = None)
         gold = _read_files(fixed, inst.fix_release.patch_files)
         hidden = _read_files(fixed, inst.fix_release.test_files)
         shutil.rmtree(fixed)
-        return Materialized(base=base, hidden=hidden, gold=gold)
+        return Materialized(base=base, hidden=hidden, gold=gold, pythonpath=inst.pythonpath or import_roots(base))
 
     if inst.bug == "injected":
         # The release is the fixed code: the base is the release with the gold patch taken out.
@@ -204,7 +262,7 @@ def materialize(inst: RepoFixInstance, workdir: Path, cache: Path | None = None)
     hidden = _overlay_of(base, inst.test_patch, workdir / "hidden-scratch", f"{inst.instance_id}: test_patch")
     for scratch in ("gold-scratch", "hidden-scratch"):
         shutil.rmtree(workdir / scratch, ignore_errors=True)
-    return Materialized(base=base, hidden=hidden, gold=gold)
+    return Materialized(base=base, hidden=hidden, gold=gold, pythonpath=inst.pythonpath or import_roots(base))
 
 
 def write_overlay(tree: Path, files: dict[str, bytes | None]) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bloodwork.manifold.runner import SandboxKind
-from bloodwork.tasks.base import CommandRunnerLike, VerifierResult
+from bloodwork.manifold.toolchain import Toolchain
+from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult
+from bloodwork.tasks.repofix.env import InstanceEnv, ensure_env
 from bloodwork.tasks.repofix.instance import RepoFixInstance
 from bloodwork.tasks.repofix.judge import PR_FILE, STAGES, judge
 from bloodwork.tasks.repofix.sources import Materialized, init_repo, materialize
@@ -24,7 +27,8 @@ Work like a maintainer, in this order:
 1. Reproduce: add a test that shows the bug (a new `test_*.py` file, or a test added to an existing one,
    under {test_dir}/) or a script named `repro.py`. It must fail on the base code.
 2. Fix the bug in the library code (not in the tests).
-3. Test: run your reproduction and the project's tests: `{test_cmd}`. Both must pass.
+3. Test: run your reproduction and the project's tests: `{test_cmd}`. Both must pass. `python3` is the
+   project's own environment, and the checkout's code comes first on its import path.
 4. Write {pr} at the workspace root: a `# title` line, then the sections `## Cause` (why it happened),
    `## Fix` (what you changed) and `## Testing` (how you tested it). The diff is taken from git; do
    not paste it.
@@ -43,8 +47,13 @@ class RepoFixTask:
         test_cmd = f"{inst.env_prefix()}{inst.test_cmd} -q {inst.test_dir}"
         self.goal = GOAL.format(repo=inst.repo, version=inst.version, problem=inst.problem_statement.strip(),
                                 test_dir=inst.test_dir, test_cmd=test_cmd, pr=PR_FILE)
-        source = (f"PyPI sdist {inst.source_archive.spec} (sha256 {inst.source_archive.sha256[:12]}...)"
-                  if inst.source_archive else f"{inst.repo_dir} @ {inst.base_commit}")
+        if inst.source_archive:
+            source = f"PyPI sdist {inst.source_archive.spec} (sha256 {inst.source_archive.sha256[:12]}...)"
+        elif inst.base_archive:
+            source = (f"base archive {inst.base_archive.path} (sha256 {inst.base_archive.sha256[:12]}...)"
+                      + (f" of commit {inst.base_commit}" if inst.base_commit else ""))
+        else:
+            source = f"{inst.repo_dir} @ {inst.base_commit}"
         self.metadata: dict[str, Any] = {
             "kind": "repo-fix", "synthetic": inst.bug == "injected", "instance_id": inst.instance_id,
             "repo": inst.repo, "version": inst.version, "bug": inst.bug, "upstream": inst.upstream,
@@ -60,18 +69,43 @@ class RepoFixTask:
         }
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._mat: Materialized | None = None
+        self._env: InstanceEnv | None = None
 
     def materialized(self) -> Materialized:
         """Base tree and overlays, built on first use (downloads the sdists once into the cache)."""
         if self._mat is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"bloodwork-{self.inst.instance_id}-")
-            self._mat = materialize(self.inst, Path(self._tmp.name), self.cache)
+            tmp = tempfile.TemporaryDirectory(prefix=f"bloodwork-{self.inst.instance_id}-")
+            try:
+                self._mat = materialize(self.inst, Path(tmp.name), self.cache)
+            except BaseException:
+                tmp.cleanup()
+                raise
+            self._tmp = tmp
         return self._mat
 
+    def environment(self) -> InstanceEnv:
+        """The instance's environment, built on first use and cached across runs (see `env.py`)."""
+        if self._env is None:
+            self._env = ensure_env(self.inst, self.materialized().base)
+            self.metadata["environment"] = self._env.summary()
+        return self._env
+
+    def toolchain(self) -> Toolchain:
+        """What the run's sandbox gives the agent: the instance's interpreter, the checkout first on its path."""
+        return self.environment().toolchain(pythonpath=self.materialized().pythonpath, env=self.inst.env)
+
     def prepare(self, workspace: Path, seed: int) -> None:
-        """The base code at the workspace root, committed and tagged `base` so the agent can diff."""
-        shutil.copytree(self.materialized().base, workspace, symlinks=True, dirs_exist_ok=True)
-        init_repo(workspace)
+        """The base code at the workspace root, committed and tagged `base` so the agent can diff.
+
+        Everything that can fail (download, environment, git) fails here as a one-line `TaskError`."""
+        try:
+            self.environment()
+            shutil.copytree(self.materialized().base, workspace, symlinks=True, dirs_exist_ok=True)
+            init_repo(workspace)
+        except TaskError:
+            raise
+        except (OSError, shutil.Error, subprocess.SubprocessError) as err:
+            raise TaskError(f"{self.id}: cannot prepare the workspace: {err}") from err
 
     def start(self, runner: CommandRunnerLike, *, seed: int, resumed: bool) -> None:
         return None
@@ -81,10 +115,12 @@ class RepoFixTask:
 
     def verify(self, workspace: Path, runner: CommandRunnerLike | None = None) -> VerifierResult:
         """Judged in a copy, in a sandbox of its own; the run's sandbox is not used."""
-        return judge(self.inst, self.materialized(), workspace, sandbox=self.sandbox)
+        return judge(self.inst, self.materialized(), workspace, sandbox=self.sandbox,
+                     toolchain=self.environment().toolchain(), stop=getattr(runner, "stop", None))
 
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
         self._tmp = None
         self._mat = None
+        self._env = None

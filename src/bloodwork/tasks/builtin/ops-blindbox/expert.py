@@ -7,8 +7,8 @@ calls for, confirms the service is healthy and halts. It is never told the scena
 slices. Runs driven by it are scripted runs (tagged `provenance: scripted`) and must never be counted
 as model behaviour.
 
-It keeps its state in the register q (`watch N`, `diagnose`, `repair`, `start`, `confirm`), which the
-kernel shows back in the last user message (read with `bloodwork.prompts.split_tail`).
+It keeps its state in the register q (`watch N`, `diagnose`, `repair`, `start`, `restart`, `confirm`),
+which the kernel shows back in the last user message (read with `bloodwork.prompts.split_tail`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 from bloodwork.prompts import split_tail
 
 DIAGNOSE = ("./service/status.sh; echo '--- log'; tail -n 4 logs/service.log | cut -c1-150; echo '--- data'; "
-            "ls -l data; echo '--- config'; cat service/config.json; echo; echo '--- python processes'; "
+            "ls -l data; echo '--- config'; cat service/config.json; echo; echo '--- routes'; "
+            "/usr/sbin/ip route show table local 2>&1 | head -n 8; echo '--- python processes'; "
             "for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); "
             "case \"$c\" in python*) echo \"${p#/proc/}: $c\" | cut -c1-100;; esac; done")
 KILL_SQUATTER = ("python3 -c \"import os, signal\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n"
@@ -52,13 +53,21 @@ def _port(messages: list[dict[str, str]]) -> int:
     raise ValueError("no service port in the context")
 
 
+def _config(port: int, audit_host: str = "127.0.0.2") -> str:
+    config = {"host": "127.0.0.1", "port": port, "db_path": "data/store.db", "log_path": "logs/service.log",
+              "pid_file": "run/service.pid", "audit": {"host": audit_host, "port": 8418}}
+    return json.dumps(config, indent=2) + "\n"
+
+
 def _repair(evidence: str, port: int) -> str:
     if "config error" in evidence:
-        config = {"host": "127.0.0.1", "port": port, "db_path": "data/store.db", "log_path": "logs/service.log",
-                  "pid_file": "run/service.pid"}
         return _frame("The config is broken; rewrite it with the documented values and the client port.",
-                      "start", {"name": "SYS_WRITE", "path": "service/config.json",
-                                "content": json.dumps(config, indent=2) + "\n"})
+                      "start", {"name": "SYS_WRITE", "path": "service/config.json", "content": _config(port)})
+    if "No route to host" in evidence:
+        return _frame("The audit service's address has no route any more (`unreachable 127.0.0.2` in the local "
+                      "table), and I cannot change routes here: move the audit service to 127.0.0.1.",
+                      "restart", {"name": "SYS_WRITE", "path": "service/config.json",
+                                  "content": _config(port, audit_host="127.0.0.1")})
     if "Address already in use" in evidence or "health: FAILING: 404" in evidence:
         return _exec("Something else holds the port (a stray http.server); stop it and start the service.",
                      "confirm", KILL_SQUATTER)
@@ -76,6 +85,9 @@ def policy(call: Any, messages: list[dict[str, str]]) -> str:
         return _repair(seen, _port(messages))
     if state == "start":
         return _exec("Config restored; start the service.", "confirm", "./service/start.sh")
+    if state == "restart":
+        return _exec("Both processes read the address when they start: restart them.", "confirm",
+                     "./service/stop.sh && ./service/start.sh")
     if state == "confirm":
         if "health: ok" in seen:
             return _frame("Healthy again, and the store still has its records.", "done",

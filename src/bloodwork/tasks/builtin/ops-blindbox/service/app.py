@@ -3,10 +3,15 @@
     python3 service/app.py serve|start|stop|status [--config service/config.json]
 
 `serve` runs in the foreground; `start` launches `serve` in the background (its own session, output
-to the log file), writes the pid file and waits until the health check passes; `stop` ends it;
-`status` prints the process state and the health check. Relative paths in the config are relative
-to the folder above service/. Every request opens its own database connection, so the health
-check sees the database as it is now, not as it was at start.
+to the log file), writes the pid file and waits until the health check passes, starting the audit
+service (service/audit.py) first when it is not running; `stop` ends both; `status` prints the
+process states and the health check. Relative paths in the config are relative to the folder above
+service/. Every request opens its own database connection, so the health check sees the database as
+it is now, not as it was at start.
+
+Every write (PUT, DELETE) is first recorded with the audit service at the config's `audit` address;
+a write that cannot be recorded is refused (503), and the health check fails while the audit service
+cannot be reached.
 
 API: GET /health, GET /kv/<key>, PUT /kv/<key> (the body is the value), DELETE /kv/<key>.
 """
@@ -31,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-FIELDS = {"host": str, "port": int, "db_path": str, "log_path": str, "pid_file": str}
+FIELDS = {"host": str, "port": int, "db_path": str, "log_path": str, "pid_file": str, "audit": dict}
+AUDIT_PID_FILE = ROOT / "run" / "audit.pid"
+AUDIT_TIMEOUT_S = 2.0
 START_WAIT_S = 5.0
 log = logging.getLogger("kvd")
 
@@ -56,6 +63,9 @@ def load_config(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: {name!r} must be a {kind.__name__}")
     if not 0 < data["port"] < 65536:
         raise ConfigError(f"{path}: port {data['port']} is out of range")
+    audit = data["audit"]
+    if set(audit) != {"host", "port"} or not isinstance(audit["host"], str) or not isinstance(audit["port"], int):
+        raise ConfigError(f"{path}: 'audit' must be {{\"host\": string, \"port\": integer}}")
     for name in ("db_path", "log_path", "pid_file"):
         data[name] = str(ROOT / data[name])
     return data
@@ -63,6 +73,20 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def connect(cfg: dict[str, Any]) -> sqlite3.Connection:
     return sqlite3.connect(cfg["db_path"], timeout=5)
+
+
+def audit_call(cfg: dict[str, Any], method: str, path: str, body: dict[str, str] | None = None) -> str | None:
+    """None when the audit service answered 200, else why not."""
+    url = f"http://{cfg['audit']['host']}:{cfg['audit']['port']}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method),
+                                    timeout=AUDIT_TIMEOUT_S) as resp:
+            return None if resp.status == 200 else f"{url} answered {resp.status}"
+    except urllib.error.HTTPError as err:
+        return f"{url} answered {err.code}"
+    except (OSError, ValueError) as err:
+        return f"{url} unreachable: {getattr(err, 'reason', err)}"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -93,13 +117,26 @@ class Handler(BaseHTTPRequestHandler):
             log.error("database error on %s %s: %s", self.command, self.path, err)
             self._send(503, {"status": "error", "error": f"database: {err}"})
 
+    def _audited(self, op: str, key: str) -> bool:
+        """Record the write with the audit service first; refuse it (503) when that fails."""
+        why = audit_call(self.cfg, "POST", "/record", {"op": op, "key": key})
+        if why is not None:
+            log.error("audit failed on %s %s: %s", self.command, self.path, why)
+            self._send(503, {"status": "error", "error": f"audit: {why}"})
+        return why is None
+
     def do_GET(self) -> None:
         if self.path == "/health":
             def health(conn: sqlite3.Connection) -> None:
                 keys = conn.execute("SELECT count(*) FROM kv").fetchone()[0]
                 conn.execute("BEGIN IMMEDIATE")
                 conn.rollback()
-                self._send(200, {"status": "ok", "keys": keys})
+                why = audit_call(self.cfg, "GET", "/health")
+                if why is not None:
+                    log.error("health: audit: %s", why)
+                    self._send(503, {"status": "error", "error": f"audit: {why}"})
+                else:
+                    self._send(200, {"status": "ok", "keys": keys})
             self._db(health)
             return
         key = self._key()
@@ -119,6 +156,8 @@ class Handler(BaseHTTPRequestHandler):
         if key is None:
             return
         value = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode("utf-8", "replace")
+        if not self._audited("put", key):
+            return
 
         def put(conn: sqlite3.Connection) -> None:
             with conn:
@@ -128,7 +167,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         key = self._key()
-        if key is None:
+        if key is None or not self._audited("delete", key):
             return
 
         def delete(conn: sqlite3.Connection) -> None:
@@ -200,13 +239,46 @@ def tail(path: str, n: int = 5) -> str:
         return f"(cannot read {path}: {err.strerror})"
 
 
+def audit_pid() -> int | None:
+    try:
+        pid = int(AUDIT_PID_FILE.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def start_audit(cfg: dict[str, Any], config_path: Path) -> bool:
+    """Start the audit service unless it runs; True once it answers its health check."""
+    if audit_pid() is not None:
+        return True
+    with open(cfg["log_path"], "ab") as logfile:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("audit.py")), "serve", "--config",
+                                 str(config_path)], stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                                start_new_session=True, cwd=ROOT)
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"audit service failed to start (exit code {proc.returncode}); last log lines:\n"
+                  f"{tail(cfg['log_path'])}")
+            return False
+        if audit_call(cfg, "GET", "/health") is None and audit_pid() == proc.pid:
+            print(f"audit service started (pid {proc.pid}) on {cfg['audit']['host']}:{cfg['audit']['port']}")
+            return True
+        time.sleep(0.1)
+    print(f"audit service not healthy after {START_WAIT_S:.0f} s: {audit_call(cfg, 'GET', '/health')}")
+    return False
+
+
 def start(cfg: dict[str, Any], config_path: Path) -> int:
+    for name in ("db_path", "log_path", "pid_file"):
+        Path(cfg[name]).parent.mkdir(parents=True, exist_ok=True)
+    if not start_audit(cfg, config_path):
+        return 1
     pid = running_pid(cfg)
     if pid is not None:
         print(f"already running (pid {pid})")
         return 0
-    for name in ("db_path", "log_path", "pid_file"):
-        Path(cfg[name]).parent.mkdir(parents=True, exist_ok=True)
     with open(cfg["log_path"], "ab") as logfile:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", "--config", str(config_path)],
                                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True,
@@ -226,21 +298,27 @@ def start(cfg: dict[str, Any], config_path: Path) -> int:
     return 1
 
 
-def stop(cfg: dict[str, Any]) -> int:
-    pid = running_pid(cfg)
+def _stop_one(name: str, pid_file: Path, pid: int | None) -> None:
     if pid is None:
-        Path(cfg["pid_file"]).unlink(missing_ok=True)
-        print("not running")
-        return 0
+        pid_file.unlink(missing_ok=True)
+        print(f"{name}: not running")
+        return
     os.kill(pid, signal.SIGTERM)
     for _ in range(50):
-        if running_pid(cfg) != pid:
+        try:
+            os.kill(pid, 0)
+        except OSError:
             break
         time.sleep(0.1)
     else:
         os.kill(pid, signal.SIGKILL)
-        Path(cfg["pid_file"]).unlink(missing_ok=True)
-    print(f"stopped (pid {pid})")
+    pid_file.unlink(missing_ok=True)
+    print(f"{name}: stopped (pid {pid})")
+
+
+def stop(cfg: dict[str, Any]) -> int:
+    _stop_one("kvd", Path(cfg["pid_file"]), running_pid(cfg))
+    _stop_one("audit", AUDIT_PID_FILE, audit_pid())
     return 0
 
 
@@ -252,6 +330,9 @@ def status(cfg: dict[str, Any]) -> int:
         print(f"process: not running (stale pid file {cfg['pid_file']})")
     else:
         print("process: not running (no pid file)")
+    apid = audit_pid()
+    print(f"audit: {f'running (pid {apid})' if apid else 'not running'}, "
+          f"configured at {cfg['audit']['host']}:{cfg['audit']['port']}")
     healthy, answer = probe(cfg)
     print(f"health: {'ok' if healthy else 'FAILING'}: {answer}")
     return 0 if healthy else 1

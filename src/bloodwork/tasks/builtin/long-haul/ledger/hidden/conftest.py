@@ -1,3 +1,3 @@
-"""Deliberately empty: the verifier copies hidden/ over the workspace copy, so this file replaces any
-hidden/conftest.py the agent may have written there (and hidden/pytest.ini stops pytest from looking
-for conftest.py files above hidden/)."""
+"""Deliberately empty: the verifier mounts hidden/ read-only over hidden/ in its copy of the workspace, so
+this file stands where a hidden/conftest.py of the agent's would (and hidden/pytest.ini stops pytest from
+looking for conftest.py files above hidden/)."""
