@@ -37,6 +37,24 @@ def test_split_tail_inverts_the_tail_the_builder_sends(q: str, d: str, slice_tex
     assert prompts.split_tail("REGISTER q:\nq\n\nno slice here") is None
 
 
+@pytest.mark.parametrize(("cmd", "exit_code", "timed_out", "spawn_error"), [
+    ("python3 -m pytest -q", 0, None, None),
+    ("cat > f <<'X'\nhi\nX\n./go.sh", 1, 2.0, None),
+    ("nosuch", 127, None, "cannot start: nosuch"),
+])
+def test_split_exec_head_inverts_exec_head(cmd: str, exit_code: int, timed_out: float | None,
+                                           spawn_error: str | None):
+    head = prompts.exec_head(cmd, exit_code, 42, timed_out, spawn_error)
+    rest = (f"[{spawn_error}]\n" if spawn_error else "") + "5 passed\n"
+    assert prompts.split_exec_head(head + "5 passed\n") == (cmd, exit_code, timed_out is not None, rest)
+    old = "$ ls\n[exit 2, 0.41s, 0 bytes of output]\n"  # heads recorded before 2026-11-28 held the duration
+    assert prompts.split_exec_head(old) == ("ls", 2, False, "")
+    assert prompts.drop_old_exec_duration(old) == prompts.exec_head("ls", 2, 0, None, None)
+    assert prompts.split_exec_head(prompts.trap_slice("IO_FAULT", "x")) is None
+    assert prompts.is_write_result(prompts.write_result("write", "PR.md", 3, True), "PR.md")
+    assert not prompts.is_write_result(prompts.write_result("write", "PR.md.bak", 3, True), "PR.md")
+
+
 def test_prompts_is_the_lowest_layer_and_the_only_home_of_the_parsed_literals():
     tree = ast.parse((SRC / "prompts.py").read_text())
     imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
@@ -46,7 +64,8 @@ def test_prompts_is_the_lowest_layer_and_the_only_home_of_the_parsed_literals():
         if path.name == "prompts.py":
             continue
         text = path.read_text()
-        for literal in ("REGISTER q:", "SLICE at d=", "Answer with one JSON frame", "Files in the workspace"):
+        for literal in ("REGISTER q:", "SLICE at d=", "Answer with one JSON frame", "Files in the workspace",
+                        "bytes of output", '"GOAL:'):
             assert literal not in text, f"{path.relative_to(SRC)} copies {literal!r}: import it from prompts"
 
 

@@ -181,6 +181,14 @@ _EXEC_HEAD = re.compile(r"\$ (.*?)\n\[exit (-?\d+)(, TIMED OUT after [^\],]*)?(?
                         re.DOTALL)
 
 
+_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
+
+
+def drop_old_exec_duration(text: str) -> str:
+    """Any text (a slice, or messages as JSON) with the duration of old exec heads taken out, as written now."""
+    return _OLD_EXEC_DURATION.sub(r"\1\2", text)
+
+
 def split_exec_head(slice_text: str) -> tuple[str, int, bool, str] | None:
     """(command, exit code, timed out, the rest) of a slice `exec_head` began, or None for any other slice.
     The rest starts with the spawn error line when there was one."""

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import Event, canonical_json, read_events
@@ -58,9 +59,6 @@ POLARITY: dict[str, Polarity] = {"completed": "positive", "recovered": "positive
 # failed model call, runaway output) is `faulted` (neutral), not `trapped`.
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
-# Exec slices of runs recorded before 2026-11-28 carried the command's duration in their head line
-# (`[exit 1, 1.87s, 4613 bytes of output]`); the kernel no longer writes it.
-_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
 
 
 class ForkError(ValueError):
@@ -173,7 +171,7 @@ def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
     masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
     head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
-    text = _OLD_EXEC_DURATION.sub(r"\1\2", canonical_json(messages))
+    text = prompts.drop_old_exec_duration(canonical_json(messages))
     return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
 
 
