@@ -2,9 +2,10 @@
 
 The trajectories are tests/kernel/trajectories.py's: >= 20 healthy (a developer editing and rerunning a
 test suite with long output, readers paging through long files and spilled output, a debugger who
-reverts an edit, a poller with backoff, the built-in tasks' scripted experts) and >= 20 pathological
-(garbage, re-reading a missing path, A-B-A-B oscillation, halting while the verifier fails, the same
-command on an unchanged workspace, runaway output, edits that change nothing). All are SCRIPTED runs.
+reverts an edit, a poller with backoff, every built-in task's reference policy `expert:TASK`) and >= 20
+pathological (garbage, re-reading a missing path, A-B-A-B oscillation, halting while the verifier fails, the
+same command on an unchanged workspace, runaway output, edits that change nothing). None is a model's run:
+they are scripted (`provenance: scripted`) or reference-policy runs (`provenance: expert`).
 
 1. Every trajectory runs once under the default thresholds. A detector's row counts, over the
    pathological trajectories it is meant to catch, how many it caught (TP) or missed (FN), and over the
@@ -184,7 +185,7 @@ def main() -> None:
               "counts": {"healthy": sum(t.label == "healthy" for t in labelled),
                          "pathological": sum(t.label == "pathological" for t in labelled)},
               "default": {"rows": default_rows, "deaths": deaths}, "variants": variants,
-              "provenance": "scripted", "wall_s": round(time.time() - start, 1)}
+              "provenance": "scripted and expert (no model)", "wall_s": round(time.time() - start, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.out} ({report['counts']}, {report['wall_s']} s)")

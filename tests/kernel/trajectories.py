@@ -2,8 +2,8 @@
 pathological agents that must trap, panic and die at the tick the default thresholds imply.
 
 Shared by tests/kernel/test_detector_bench.py (one of each kind, in `make test`) and bench/detectors.py
-(all of them, with each detector's confusion table). Every agent here is a script: its runs are tagged
-`provenance: scripted` and say nothing about a model.
+(all of them, with each detector's confusion table). Every agent here is a script or a task's reference
+policy (`expert:TASK`): its runs are tagged `provenance: scripted` or `expert` and say nothing about a model.
 """
 
 from __future__ import annotations
