@@ -41,7 +41,8 @@ class KernelConfig(BaseModel):
     # 455-test suite with a core function broken (188 failures) printed 160 KB with `pytest -vv -l --tb=long`,
     # the ledger task's failing hidden tests 35-48 KB, sqlparse's and inflection's passing suites 38-39 KB
     # with `-vv`, `pip install` 3.9-10 KB, a verbose C-extension build 14 KB. 6.6 times the largest is still
-    # ordinary work; a runaway loop (`yes`, a print in `while True`) passes 1 MiB within a second.
+    # ordinary work; a runaway loop (`yes`, a print in `while True`) passes 1 MiB within a second. The
+    # more-itertools expert's own test run prints 153 KB: bench/detectors.py shows a 64 KiB ceiling trapping it.
     output_ceiling_bytes: int = Field(default=1_048_576, ge=1000, description="output over this many bytes is a "
                                       "LOG_FLOOD trap (runaway output), not a page")
     exec_timeout_s: float = Field(default=30.0, gt=0)
