@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import Event, canonical_json, read_events
@@ -41,7 +42,7 @@ from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
-from bloodwork.kernel.traps import fingerprint
+from bloodwork.kernel.traps import ENVIRONMENT_TRAPS, LOOP_TRAPS, fingerprint
 from bloodwork.manifold.workspace import copy_plain_tree
 from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer, complete_many
 from bloodwork.oracles.registry import make_oracle
@@ -55,15 +56,10 @@ Polarity = Literal["positive", "negative", "neutral"]
 POLARITY: dict[str, Polarity] = {"completed": "positive", "recovered": "positive", "progressed": "positive",
                                  "trapped": "negative", "thrashed": "negative", "idle": "neutral", "faulted": "neutral",
                                  "injected": "neutral", "failed": "neutral"}
-LOOP_TRAPS = frozenset({"THRASHING", "WATCHDOG"})
-# Traps that say something about the world rather than the answer: `pytest` whose output overflows the cap
-# is no worse an action for it. A branch whose only traps are these is `faulted` (neutral), not `trapped`.
-ENVIRONMENT_TRAPS = frozenset({"LOG_FLOOD", "IO_FAULT", "ORACLE_FAULT"})
+# A branch whose only natural traps are environment faults (kernel/traps.py's table: a refused write, a
+# failed model call, runaway output) is `faulted` (neutral), not `trapped`.
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
-# Exec slices of runs recorded before 2026-11-28 carried the command's duration in their head line
-# (`[exit 1, 1.87s, 4613 bytes of output]`); the kernel no longer writes it.
-_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
 
 
 class ForkError(ValueError):
@@ -176,7 +172,7 @@ def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
     masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
     head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
-    text = _OLD_EXEC_DURATION.sub(r"\1\2", canonical_json(messages))
+    text = prompts.drop_old_exec_duration(canonical_json(messages))
     return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
 
 

@@ -17,8 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bloodwork.chronos.journal import canonical_json
-from bloodwork.isa import ISA_PROMPT, json_schema
+from bloodwork.isa import json_schema
 from bloodwork.oracles.base import Oracle
+from bloodwork.prompts import ISA_PROMPT
 
 DECODING_KEYS = ("temperature", "top_p", "max_new_tokens", "max_tokens", "seed", "constrained",
                  "response_format_in_use", "dtype", "threads")
