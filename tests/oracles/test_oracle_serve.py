@@ -46,7 +46,7 @@ def test_models_and_plain_completion_match_in_process(server: ModelServer, clien
     raw = client.chat.completions.with_raw_response.create(model="local:smollm2", messages=MESSAGES, max_tokens=12)
     assert (raw.headers["x-bloodwork-constrained"], raw.headers["x-bloodwork-constraint"]) == ("false", "none")
     reply = raw.parse()
-    assert reply.model_extra["bloodwork"] == {"constrained": False, "constraint": "none"}
+    assert reply.model_extra["bloodwork"] == {"constrained": False, "constraint": "none", "batch_size": 1.0}
     local = make_oracle("local:smollm2", max_new_tokens=12).complete(MESSAGES)
     assert reply.choices[0].message.content == local.text
     assert reply.choices[0].finish_reason == local.finish_reason
@@ -65,7 +65,7 @@ def test_streaming_with_usage(client) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
-def test_concurrent_requests_are_queued_not_mixed(client) -> None:
+def test_concurrent_requests_are_batched_not_mixed(client) -> None:
     def ask(_: int) -> str:
         reply = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=6)
         return reply.choices[0].message.content
@@ -73,6 +73,18 @@ def test_concurrent_requests_are_queued_not_mixed(client) -> None:
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(ask, range(3)))
     assert len(set(answers)) == 1 and answers[0]
+
+
+def test_stop_strings_end_the_answer_before_them(client) -> None:
+    import openai
+
+    plain = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12).choices[0]
+    stop = plain.message.content.strip()[-2:]  # a string the answer is known to contain
+    reply = client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=12, stop=[stop]).choices[0]
+    assert reply.finish_reason == "stop" and stop not in reply.message.content
+    assert plain.message.content.startswith(reply.message.content)
+    with pytest.raises(openai.BadRequestError, match="stop must be"):
+        client.chat.completions.create(model="m", messages=MESSAGES, stop=["a", "b", "c", "d", "e"])
 
 
 def test_context_overflow_is_a_400(client) -> None:
@@ -119,6 +131,19 @@ def test_forced_tool_calls_are_well_formed(client) -> None:
                                            tool_choice={"type": "function", "function": {"name": "read_file"}})
     [call] = named.choices[0].message.tool_calls
     assert call.function.name == "read_file" and set(json.loads(call.function.arguments)) == {"path"}
+
+
+def test_concurrent_tool_calls_are_batched_and_unchanged(client) -> None:
+    def ask(_: int) -> tuple[str, float]:
+        reply = client.chat.completions.create(model="m", messages=TASK, tools=[BASH], tool_choice="required",
+                                               max_tokens=24)
+        return reply.choices[0].message.tool_calls[0].function.arguments, reply.model_extra["bloodwork"]["batch_size"]
+
+    alone = ask(0)
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(ask, range(3)))
+    assert {args for args, _ in together} == {alone[0]}  # an answer does not depend on its batch companions
+    assert alone[1] == 1.0 and max(size for _, size in together) > 1
 
 
 def test_streamed_tool_call_matches_the_plain_one_and_history_round_trips(client) -> None:

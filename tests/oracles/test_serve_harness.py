@@ -39,9 +39,10 @@ def test_mini_swe_agent_gets_a_well_formed_tool_call_every_step(tmp_path: Path) 
 
     (tmp_path / "hello.py").write_text("print('helo')\n")
     trajectory = tmp_path / "trajectory.json"
-    with ModelServer("local:smollm2+constrained", max_new_tokens=48) as server:
+    # no max_tokens from the client, as the harness sends none: the server's cap bounds each answer
+    with ModelServer("local:smollm2+constrained", max_new_tokens=96) as server:
         model = LitellmModel(model_name="openai/local:smollm2+constrained", cost_tracking="ignore_errors",
-                             model_kwargs={"api_base": server.url, "api_key": "unused", "max_tokens": 48})
+                             model_kwargs={"api_base": server.url, "api_key": "unused"})
         env = BubblewrapEnvironment(cwd=str(tmp_path), wrapper_args=SANDBOX, timeout=10)
         # mini-swe-agent's tool-calling setup (its mini.yaml) with a short prompt: the protocol is under test
         agent = DefaultAgent(model, env, system_template="You can run bash commands with the bash tool.",

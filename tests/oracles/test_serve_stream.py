@@ -46,7 +46,7 @@ def stream(text: str, pieces: int = 3, **body: Any) -> tuple[_Socket, dict[str, 
                         spec_constrained=False)
     sock = _Socket()
     reply = _Reply(sock, req)  # type: ignore[arg-type]
-    done = Completion(text=text, prompt_tokens=3, completion_tokens=7, finish_reason="stop")
+    done = Completion(text=text, prompt_tokens=3, completion_tokens=7, finish_reason="stop", batch_size=1.5)
     for i in range(0, len(text), pieces):
         reply.text(text[i:i + pieces])
     reply.finish(done)
@@ -85,8 +85,8 @@ def test_streamed_call_adds_up_to_the_plain_answer() -> None:
     assert finishes == ["tool_calls"] == [whole["choices"][0]["finish_reason"]]
     # no piece of the call's text ever went out as content
     assert all("<tool" not in (c["delta"].get("content") or "") for e in events[:-1] for c in e["choices"])
-    assert sock.headers[CONSTRAINT_HEADER] == "none" and events[-2]["bloodwork"] == {"constrained": False,
-                                                                                      "constraint": "none"}
+    assert sock.headers[CONSTRAINT_HEADER] == "none"
+    assert events[-2]["bloodwork"] == {"constrained": False, "constraint": "none", "batch_size": 1.5}
     assert events[-1] == "[DONE]"
 
 

@@ -4,7 +4,8 @@
 2. The run is rebuilt to tick T by replaying its raw outputs with the same seeds and chaos key, under the
    original model's tokenizer (the context budget is counted in it, so evictions come out the same); the
    rebuilt journal must match the original's tick for tick, else the fork stops before any model call.
-3. The model is asked K times at that prompt with temperature > 0 (a per-call seed each).
+3. The model is asked K times at that prompt with temperature > 0 (a per-call seed each); a local model
+   decodes the K samples as one batch, with the answers it would give them one at a time.
 4. Each candidate gets its own copy of the rebuilt run, extended with `Kernel.resume(max_ticks=T+h)`:
    at tick T the kernel gets the candidate, after it the model itself greedily, so branches differ by
    the candidate only. Each branch's context at T is checked against the prompt of step 1: byte for byte
@@ -42,7 +43,7 @@ from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.kernel.traps import fingerprint
 from bloodwork.manifold.workspace import copy_plain_tree
-from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer
+from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer, complete_many
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.oracles.replay import ReplayOracle
 from bloodwork.tasks.registry import load_task
@@ -339,10 +340,9 @@ def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int 
         out.mkdir(parents=True, exist_ok=True)
         base, compared = rebuild(run_dir, tick, continuation.tokenizer, out / "base")
         schema = json_schema()
-        completions = []
-        for k in range(samples):
-            step(f"sampling candidate {k + 1}/{samples}")
-            completions.append(sampler.complete(prompt, schema, call=CallInfo(m.run_id, tick, k, purpose="fork")))
+        step(f"sampling {samples} candidates")
+        calls = [CallInfo(m.run_id, tick, k, purpose="fork") for k in range(samples)]
+        completions = complete_many(sampler, prompt, schema, calls)  # one batch on a local model
         candidates = [_candidate(k, c) for k, c in enumerate(completions)]
         for cand, done in zip(candidates, completions, strict=True):
             step(f"branch {cand.index + 1}/{samples}")

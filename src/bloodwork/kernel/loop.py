@@ -541,7 +541,7 @@ class Kernel:
                 "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
                 "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "queue_ms": c.queue_ms,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "retries": c.retries,
-                "finish_reason": c.finish_reason,
+                "finish_reason": c.finish_reason, "batch_size": c.batch_size,
                 "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
                 "lenient_ok": verdict.lenient_ok if verdict else None,
                 "violation": verdict.violation if verdict else None,

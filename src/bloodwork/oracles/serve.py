@@ -3,9 +3,11 @@
 
 It lets any OpenAI-compatible tool (the `openai` SDK, litellm, mini-swe-agent, our own `openai:` backend)
 talk to the embedded model, so the API path of the model matrix can be exercised end to end without a key.
-Requests are served by threads but generation runs one at a time behind the model's lock. It listens on
-loopback unless told otherwise, and has no authentication: put nothing but 127.0.0.1 in `host` unless the
-network around it is trusted.
+Requests are served by threads, and their generations go to the model's engine (`engine.py`), which decodes
+concurrent requests as one batch, each with its own sampling settings, `max_tokens`, `stop` strings and
+constraint; an answer is the same whatever it was batched with. It listens on loopback unless told
+otherwise, and has no authentication: put nothing but 127.0.0.1 in `host` unless the network around it is
+trusted.
 
 What a request may carry, and how tool calls and constraints work, is `chatapi.py`; what cannot be
 honoured is a 400 in OpenAI's error shape. Every answer says whether its decoding was constrained: headers
@@ -24,11 +26,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bloodwork.oracles.base import Completion
 from bloodwork.oracles.chatapi import (
+    CALL_CLOSE,
     ChatRequest,
     RequestError,
     ToolCall,
@@ -37,7 +41,7 @@ from bloodwork.oracles.chatapi import (
     parse_calls,
     parse_request,
 )
-from bloodwork.oracles.local import LocalOracle, Sampling, decode, make_local_oracle
+from bloodwork.oracles.local import LocalOracle, Sampling, make_local_oracle
 
 CONSTRAINED_HEADER = "X-Bloodwork-Constrained"
 CONSTRAINT_HEADER = "X-Bloodwork-Constraint"
@@ -62,13 +66,19 @@ def _sampling(req: ChatRequest, base: Sampling) -> Sampling:
 
 
 def _generate(oracle: LocalOracle, req: ChatRequest, sampling: Sampling, on_text: Any) -> Completion:
-    """Decode the request: the chat template, then the prefill (a forced call's opening tag), under the
-    request's constraint (`schema` None with `isa_frame`: the ISA frame)."""
-    tok = oracle.loaded.tokenizer
-    text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + req.prefill
-    ids = tok.encode(text, add_special_tokens=False)
+    """Decode the request on the model's engine: the chat template, then the prefill (a forced call's
+    opening tag), under the request's constraint (`schema` None with `isa_frame`: the ISA frame). Without
+    parallel calls, an `auto` answer stops at the end of its first call."""
+    stop = req.stop
+    if req.tool_mode == "auto" and not req.parallel_calls:
+        stop = (*stop, CALL_CLOSE)
     try:
-        return decode(oracle.loaded, ids, sampling, schema=req.schema, constrained=req.constrained, on_text=on_text)
+        request = oracle.request(req.messages, sampling, schema=req.schema, constrained=req.constrained, stop=stop)
+        if req.prefill:
+            tok = oracle.loaded.tokenizer
+            text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False) + req.prefill
+            request = replace(request, prompt_ids=tok.encode(text, add_special_tokens=False))
+        return oracle.engine.generate(request, on_text=on_text)
     except ValueError as err:  # a schema the grammar compiler refuses
         raise RequestError(str(err), param="tools" if req.constraint == "tool_call" else "response_format") from err
 
@@ -153,7 +163,6 @@ class _Reply:
         self.decoded = ""  # the text decoded so far
         self.sent = ""  # the content streamed so far (a prefix of the final content)
         self.headers = {CONSTRAINED_HEADER: str(req.constrained).lower(), CONSTRAINT_HEADER: req.constraint}
-        self.note = {"constrained": req.constrained, "constraint": req.constraint}
 
     def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -217,7 +226,7 @@ class _Reply:
             self._delta({"tool_calls": [{"index": i, "id": call.id, "type": "function",
                                          "function": {"name": call.name, "arguments": ""}}]})
             self._delta({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]})
-        self._send(self._frame([{"index": 0, "delta": {}, "finish_reason": finish}], bloodwork=self.note))
+        self._send(self._frame([{"index": 0, "delta": {}, "finish_reason": finish}], bloodwork=self._note(done)))
         if self.req.include_usage:
             self._send(self._frame([], usage=self._usage(done)))
         self._send("[DONE]")
@@ -229,7 +238,13 @@ class _Reply:
             message["tool_calls"] = [c.wire() for c in calls]
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": self._usage(done), "bloodwork": self.note}
+                "usage": self._usage(done), "bloodwork": self._note(done)}
+
+    def _note(self, done: Completion) -> dict[str, Any]:
+        """Ours, next to OpenAI's fields: the constraint, and how many requests the engine decoded this one
+        with (mean over its steps; 1 = alone)."""
+        return {"constrained": self.req.constrained, "constraint": self.req.constraint,
+                "batch_size": done.batch_size}
 
 
 class _Server(ThreadingHTTPServer):
@@ -249,7 +264,8 @@ class ModelServer:
     def __init__(self, spec: str, host: str = "127.0.0.1", port: int = 0, **options: object) -> None:
         scheme, _, rest = spec.partition(":")
         if scheme != "local" or not rest:
-            raise ServeError(f"serve takes a local model spec (local:smollm2[+constrained][+lora=PATH]), not {spec!r}")
+            raise ServeError("serve takes a local model spec (local:smollm2[+constrained][+float32][+lora=PATH]), "
+                             f"not {spec!r}")
         try:
             self._http = _Server((host, port), _Handler, bind_and_activate=True)
         except OSError as err:
