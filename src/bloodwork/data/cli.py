@@ -40,17 +40,20 @@ def dataset_build(
     size: Annotated[int | None, typer.Option(help="Cap on rows per split after the mix.")] = None,
     estimate_lengths: Annotated[bool, typer.Option(help="Count tokens at 4 chars/token even if the model "
                                                         "is installed.")] = False,
+    provenance: Annotated[list[str] | None, typer.Option(help="Keep only rows of this provenance (fnmatch "
+                                                              "pattern, repeatable): real, 'teacher:*', ...")] = None,
 ) -> None:
     """Build SFT / DPO / KTO files from real runs: golden, failure-recovery and rejected pools, mixed.
 
-    Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 15/65/20
+    Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 40/40/20
+    --holdout-task repo-fix/sqlparse-784 --holdout-task ops-blindbox/kill9
     """
     from bloodwork.data.build import BuildError, BuildOptions, build_dataset
 
     try:
         options = BuildOptions(mix=parse_mix(mix), test_fraction=test_fraction, holdout_tasks=holdout_task or [],
                                seed=seed, include_scripted=include_scripted, near_threshold=near_threshold,
-                               size=size, exact_lengths=not estimate_lengths)
+                               size=size, exact_lengths=not estimate_lengths, provenance=provenance or [])
         with progress("dataset") as bar:
             task = bar.add_task("reading runs", total=None)
 
@@ -65,15 +68,24 @@ def dataset_build(
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in stats.candidates.items())
                   + f"; removed: exact {stats.dedup.exact}, near {stats.dedup.near}, contradictory "
                   f"{stats.dedup.contradictory}, cross-split {stats.dedup.cross_split}")
+    console.print("distinct states (before -> after dedup): " + ", ".join(
+        f"{k} {d.before} -> {d.after}" for k, d in stats.distinct_states.items() if not k.startswith("input ")))
+    if stats.filtered_out:
+        console.print(f"provenance filter {stats.provenance_filter}: removed {stats.filtered_out}")
     for split, rep in stats.mix.items():
         achieved = ", ".join(f"{p} {v:.0%}" if v is not None else f"{p} -" for p, v in rep.achieved.items())
         console.print(f"{split}: {rep.total} rows ({achieved}); limited by {rep.limiting}")
+        console.print("  by provenance: " + ", ".join(f"{k} {v:.0%}" for k, v in rep.achieved_by_provenance.items()))
         if rep.total == 0:
             err_console.print(f"[yellow]warning:[/yellow] the {split} split is empty: pool {rep.limiting} has no rows "
                               "for its share; change --mix or add runs")
     console.print(f"DPO pairs: {stats.dpo.fork_pairs} from forks ({stats.dpo.fork_pairs_withheld} withheld: their "
                   f"state is also a test state), {stats.dpo.same_prompt_pairs} same-prompt; "
                   f"split leak check: {'ok' if stats.leak_check.ok else 'LEAK'}")
+    if stats.train_length is not None:
+        over = sum(stats.train_length.over.values())
+        console.print(f"train length: {stats.train_length.chosen} tokens ({stats.train_length.rule}); rows over it: "
+                      f"{over} (train_length.json)")
     console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
     if not stats.leak_check.ok:
         fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
@@ -130,7 +142,9 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 30,
     batch: Annotated[int, typer.Option(help="Rows per step per device.")] = 4,
     grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    max_length: Annotated[int, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut.")] = 2048,
+    max_length: Annotated[int | None, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut "
+                                                   "[default: the dataset's train_length.json, measured by dataset "
+                                                   "build; else 2048].", show_default=False)] = None,
     beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bloodwork.chronos.files import atomic_write, sha256_file
 from bloodwork.chronos.run import now_iso, versions
-from bloodwork.data.formats import MANIFEST_FILE, DatasetManifest, prompt_sha256
+from bloodwork.data.formats import MANIFEST_FILE, TRAIN_LENGTH_FILE, DatasetManifest, TrainLength, prompt_sha256
 from bloodwork.evidence.stats import distribution
 from bloodwork.oracles.base import OracleConfigError
 
@@ -73,7 +73,8 @@ class TrainConfig(BaseModel):
     steps: int = Field(default=30, ge=1)
     batch: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    max_length: int = Field(default=2048, ge=64)
+    max_length: int | None = Field(default=None, ge=64, description="default: the dataset's measured "
+                                   "train_length.json (else 2048); rows longer are dropped, never cut")
     beta: float = Field(default=0.1, gt=0, description="DPO only")
     seed: int = 0
     threads: int = Field(default=2, ge=1)
@@ -220,6 +221,13 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
     if out.exists() and any(out.iterdir()):
         raise TrainError(f"{out} exists already; choose another --out")
     path, manifest = _data_file(data_dir, cfg.kind)
+    length_from = "--max-length"
+    if cfg.max_length is None:
+        measured = data_dir / TRAIN_LENGTH_FILE
+        chosen = TrainLength.model_validate_json(measured.read_text()).chosen if measured.is_file() else None
+        length_from = f"{TRAIN_LENGTH_FILE} (measured by dataset build)" if chosen else "default 2048 (no measurement)"
+        cfg = cfg.model_copy(update={"max_length": chosen or 2048})
+    assert cfg.max_length is not None
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
@@ -263,7 +271,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
               "model": "SmolLM2-135M-Instruct"},
         data={"dir": str(data_dir.resolve()), "file": str(path.resolve()), "file_sha256": sha256_file(path),
               "manifest_sha256": sha256_file(data_dir / MANIFEST_FILE), "dataset_created_at": manifest.created_at,
-              "rows": len(rows) + dropped, "rows_used": len(rows), "dropped_too_long": dropped},
+              "rows": len(rows) + dropped, "rows_used": len(rows), "dropped_too_long": dropped,
+              "max_length": cfg.max_length, "max_length_from": length_from},
         device=device, versions=versions(), started_at=started, duration_s=round(duration, 3),
         seconds_per_step={"mean": spread.mean, "p50": spread.p50, "p95": spread.p95, "max": spread.max},
         steps=steps, train_groups=groups, train_prompt_sha256=sorted({prompt_sha256(m["prompt"]) for m in metas}),
