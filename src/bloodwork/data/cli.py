@@ -93,41 +93,107 @@ def dataset_build(
 
 
 def fork(
-    run_dir: Annotated[Path, typer.Argument(help="The run to fork.")],
-    tick: Annotated[int, typer.Option(help="The tick whose exact context is asked again.")],
-    samples: Annotated[int, typer.Option(help="How many answers to sample.")] = 4,
+    run_dir: Annotated[Path, typer.Argument(help="The run to fork (with --all-traps: a sweep, a folder of runs or a "
+                                                 "run).")],
+    tick: Annotated[int | None, typer.Option(help="The tick whose exact context is asked again.")] = None,
+    all_traps: Annotated[bool, typer.Option("--all-traps", help="Fork every trap state (the tick after each trap) "
+                                                                "of every run under RUN_DIR; resumable.")] = False,
+    every: Annotated[int | None, typer.Option(help="With --all-traps: also every K-th tick.", min=1)] = None,
+    samples: Annotated[int, typer.Option(help="How many answers to sample (0 with --teacher: the teacher only).")]
+    = 4,
     horizon: Annotated[int, typer.Option(help="Ticks each branch runs from the fork tick on.")] = 3,
+    teacher: Annotated[list[str] | None, typer.Option(help="A teacher asked at each state: expert:TASK, an API "
+                                                           "model, or 'expert' for each run's own task's reference "
+                                                           "policy (repeatable; the one that fits the run's task "
+                                                           "answers). Kept only if it verifiably recovers.")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Sampling seed (each sample gets its own call seed).")] = 0,
     model: Annotated[str | None, typer.Option(help="Model spec (default: the run's own).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Fork directory (default runs/forks/<run>-t<T>).")] = None,
+    include_scripted: Annotated[bool, typer.Option(help="With --all-traps: also fork scripted, replayed and expert "
+                                                        "runs.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Fork directory (default runs/forks/<run>-t<T>, or "
+                                                  "runs/forks/<name>-all with --all-traps).")] = None,
 ) -> None:
-    """Re-ask the model K times at tick T's exact context, run each answer a few ticks, label and pair them.
+    """Re-ask the model K times at tick T's exact context, run each answer a few ticks, label and pair them;
+    with --all-traps, at every trap state of a whole sweep; with --teacher, a teacher's answer too.
 
     Example: bloodwork fork runs/sweep1/runs/<run_id> --tick 12 --samples 4 --horizon 3 --out runs/forks/f1
+
+    Example: bloodwork fork runs/sweep1 --all-traps --samples 4 --horizon 2 --teacher expert --out runs/forks/all
     """
-    from bloodwork.data.fork import ForkError, fork_run
+    from bloodwork.data.fork import ForkError
+
+    if all_traps:
+        _fork_all(run_dir, every=every, samples=samples, horizon=horizon, teachers=teacher or [],
+                  temperature=temperature, top_p=top_p, seed=seed, model=model, include_scripted=include_scripted,
+                  out=out or Path("runs/forks") / f"{run_dir.name}-all")
+        return
+    if tick is None:
+        fail("give --tick T (one state), or --all-traps (every trap state of every run)")
+    if every is not None or include_scripted:
+        fail("--every and --include-scripted apply to --all-traps only")
+    from bloodwork.data.fork import fork_run
+    from bloodwork.data.fork_all import teacher_for
 
     target = out or Path("runs/forks") / f"{run_dir.name}-t{tick}"
     try:
+        mentor = None
+        if teacher:
+            from bloodwork.chronos.run import RunManifest, RunPaths
+
+            mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teacher) if (
+                run_dir / "run.json").is_file() else teacher[0]
+            if mentor is None:
+                fail(f"no --teacher fits the task of {run_dir}")
         with progress("fork") as bar:
-            task = bar.add_task("", total=2 * samples + 1)
+            task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
 
             def on_step(message: str) -> None:
                 bar.update(task, advance=1, description=message)
 
             record = fork_run(run_dir, tick, samples, out=target, horizon=horizon, temperature=temperature,
-                              top_p=top_p, seed=seed, model=model, on_step=on_step)
+                              top_p=top_p, seed=seed, model=model, teacher=mentor, on_step=on_step)
     except (ForkError, *USER_ERRORS) as err:
         fail(one_line(err))
     except KernelCrash as err:
         fail(str(err), code=3)
     for c in record.candidates:
-        console.print(f"candidate {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
+        kept = "" if c.kept is None else ("  KEPT" if c.kept else "  not kept")
+        console.print(f"{c.source} {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
                       f"{'strict' if c.strict_ok else c.violation or 'error'}"
-                      f"{'  CONTRADICTORY' if c.contradictory else ''}")
+                      f"{'  CONTRADICTORY' if c.contradictory else ''}{kept}")
     console.print(f"{len(record.pairs)} pairs, {len(record.refused)} refused; {target / 'fork.json'}")
+
+
+def _fork_all(inputs: Path, *, every: int | None, samples: int, horizon: int, teachers: list[str],
+              temperature: float, top_p: float, seed: int, model: str | None, include_scripted: bool,
+              out: Path) -> None:
+    from bloodwork.data.fork import ForkError
+    from bloodwork.data.fork_all import INDEX_FILE, fork_all
+
+    if not inputs.exists():
+        fail(f"{inputs} does not exist")
+    try:
+        with progress("fork --all-traps", transient=False) as bar:
+            task = bar.add_task("finding trap states", total=None)
+
+            def on_progress(done: int, total: int, message: str) -> None:
+                bar.update(task, completed=done, total=total, description=message[:90])
+
+            index = fork_all([inputs], out, samples=samples, horizon=horizon, every=every, teachers=teachers,
+                             temperature=temperature, top_p=top_p, seed=seed, model=model,
+                             include_scripted=include_scripted, on_progress=on_progress)
+    except (ForkError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    t = index.totals
+    console.print(f"{index.runs} runs, {t.get('states', 0)} states: {t.get('forked', 0)} forked, "
+                  f"{t.get('failed', 0)} failed; {t.get('pairs', 0)} pairs; teacher kept "
+                  f"{t.get('teacher_kept', 0)}/{t.get('teacher_asked', 0)}"
+                  + (f"; runs skipped: {index.runs_skipped}" if index.runs_skipped else ""))
+    for s in [s for s in index.states if s.status == "failed"][:10]:
+        err_console.print(f"[yellow]{s.run_id} t{s.tick}:[/yellow] {s.error}")
+    console.print(f"index: {out / INDEX_FILE}; rerun the same command to resume")
 
 
 def train(

@@ -43,7 +43,7 @@ def fork_examples(fork: ForkRecord, skipped: dict[str, int]) -> list[Example]:
     """The fork's usable candidates as Examples; reasons for the others are counted in `skipped`."""
     out: list[Example] = []
     temperature = float(fork.sampling.get("temperature", 0.0))
-    source = str(Path(fork.base_dir).parent)
+    source = str(Path(fork.base_dir).parent.parent)
     for c in fork.candidates:
         pool, reason = _pool(c)
         if pool is None:
