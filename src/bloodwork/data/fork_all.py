@@ -1,7 +1,8 @@
 """`bloodwork fork SWEEP --all-traps`: a fork at every trap state of every run of a sweep (or run directory).
 
-A *trap state* is the state right after a tick that trapped (natural or injected): the slice shows the trap
-frame and the student has to recover. That is where failure-recovery rows come from: a sample that
+A *trap state* is a state at which a trap streak is open: from the tick after a trap (natural or injected; the
+slice shows the trap frame) up to the tick that recovered, or to the run's end when it never did (the states
+where the student kept failing, DAgger's states). That is where failure-recovery rows come from: a sample that
 recovers is a recovery row, one that traps or thrashes a rejected row, the two a same-prompt pair; and a
 teacher's answer, kept only if it verifiably recovers (`data.teacher`), a relabel. `--every K` adds every
 K-th tick as well (golden material and pairs at ordinary states).
@@ -60,14 +61,29 @@ class AllForks(BaseModel):
 
 
 def trap_states(run_dir: Path, every: int | None = None) -> list[tuple[int, str]]:
-    """(tick, why) of the states to fork in one run, from its verified journal, in tick order."""
+    """(tick, why) of the states to fork in one run, from its verified journal, in tick order: every tick at which
+    a trap streak is open (from the tick after a trap up to the tick that recovered, or the run's last tick),
+    and with `every`, every K-th tick."""
     m = RunManifest.load(RunPaths(run_dir))
     events, _ = verified_events(RunPaths(run_dir))
-    found: dict[int, str] = {}
+    by_tick: dict[int, list[str]] = {}
     for e in events:
-        if e.kind == "trap" and e.tick + 1 < m.ticks and e.tick + 1 not in found:
-            found[e.tick + 1] = (f"after trap {e.data.get('kind')}{' (injected)' if e.data.get('injected') else ''}"
-                                 f" at tick {e.tick}")
+        if e.kind == "trap":
+            injected = " (injected)" if e.data.get("injected") else ""
+            by_tick.setdefault(e.tick, []).append(f"{e.data.get('kind')}{injected}")
+        elif e.kind == "recovery":
+            by_tick.setdefault(e.tick, []).append("")  # "" marks the recovery
+    found: dict[int, str] = {}
+    streak: str | None = None
+    for tick in range(m.ticks):
+        if streak is not None:
+            found[tick] = streak
+        marks = by_tick.get(tick, [])
+        if "" in marks:
+            streak = None
+        traps = [k for k in marks if k]
+        if traps and streak is None:
+            streak = f"in a trap streak since tick {tick} ({', '.join(traps)})"
     if every:
         for tick in range(0, m.ticks, every):
             found.setdefault(tick, f"every {every} ticks")
