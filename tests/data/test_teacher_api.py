@@ -30,8 +30,7 @@ STUDENT = [frame({"name": "SYS_READ", "path": "a.txt"}), frame({"name": "SYS_REA
 
 @pytest.fixture(scope="module")
 def served(monkeypatch_module: pytest.MonkeyPatch) -> Iterator[ModelServer]:
-    with ModelServer("local:smollm2+constrained", max_new_tokens=40) as server:
-        server.start()
+    with ModelServer("local:smollm2+constrained", max_new_tokens=40) as server:  # serving from a thread
         for var in ("OPENAI_API_KEY", "GEMINI_API_KEY", "MOONSHOT_API_KEY", "KIMI_API_KEY"):
             monkeypatch_module.delenv(var, raising=False)
         monkeypatch_module.setenv("OPENAI_BASE_URL", server.url)

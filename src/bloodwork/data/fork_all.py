@@ -73,6 +73,8 @@ def trap_states(run_dir: Path, every: int | None = None) -> list[tuple[int, str]
             by_tick.setdefault(e.tick, []).append(f"{e.data.get('kind')}{injected}")
         elif e.kind == "recovery":
             by_tick.setdefault(e.tick, []).append("")  # "" marks the recovery
+        elif e.kind == "panic":
+            by_tick.setdefault(e.tick, []).append("!")  # "!" marks a panic (it ends the kernel's streak)
     found: dict[int, str] = {}
     streak: str | None = None
     for tick in range(m.ticks):
@@ -81,8 +83,12 @@ def trap_states(run_dir: Path, every: int | None = None) -> list[tuple[int, str]
         marks = by_tick.get(tick, [])
         if "" in marks:
             streak = None
-        traps = [k for k in marks if k]
-        if traps and streak is None:
+        traps = [k for k in marks if k not in ("", "!")]
+        if "!" in marks:
+            # The panic ran the recovery protocol: the kernel's streak is over, so an answer here can progress
+            # but not "recover"; the student is still failing, so the state is forked all the same.
+            streak = f"after the panic at tick {tick} ({', '.join(traps)}), not recovered since"
+        elif traps and (streak is None or streak.startswith("after the panic")):
             streak = f"in a trap streak since tick {tick} ({', '.join(traps)})"
     if every:
         for tick in range(0, m.ticks, every):

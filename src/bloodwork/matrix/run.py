@@ -119,10 +119,9 @@ def _make(spec: str, max_new_tokens: int, stack: ExitStack) -> Any:
 
     inner = spec.removeprefix(SERVED)
     try:
-        server = stack.enter_context(ModelServer(inner, max_new_tokens=max_new_tokens))
+        server = stack.enter_context(ModelServer(inner, max_new_tokens=max_new_tokens))  # serves from a thread
     except ServeError as err:
         raise OracleConfigError(f"{spec}: {err}") from err
-    server.start()
     oracle = make_oracle(f"openai:{inner}", base_url=server.url, **oracle_options("openai:", max_new_tokens))
     oracle.spec = spec
     return oracle
