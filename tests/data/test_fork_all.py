@@ -139,6 +139,13 @@ def test_all_traps_resumes_after_a_killed_state(taught, tmp_path: Path):
     again = fork_all([src], copy, samples=0, horizon=1, teachers=[teacher], include_scripted=True)
     assert again.states[0].status == "kept" and again.totals["teacher_kept"] == 1
     assert json.loads((copy / INDEX_FILE).read_text())["totals"]["forked"] == 1
+    # a pass over another run into the same folder adds to the index, it does not replace it
+    other, other_record = taught["trapping"]
+    assert other_record.teacher is not None
+    fork_all([other], copy, samples=0, horizon=1, teachers=[other_record.teacher], include_scripted=True)
+    index = json.loads((copy / INDEX_FILE).read_text())
+    assert {(s["run_id"], s["status"]) for s in index["states"]} == {(src.name, "kept"), (other.name, "done")}
+    assert index["totals"]["forked"] == 2 and index["totals"]["teacher_kept"] == 1
 
 
 def test_teacher_choice_and_partial_scores():

@@ -194,13 +194,18 @@ def _collect(inputs: list[Path], options: BuildOptions, on_run: Callable[[int, i
         got.runs_used += 1
         got.group_tasks[view.group] = view.manifest.task
         got.examples += view.examples(got.skipped)
-    for fork in find_forks(inputs):
-        if fork.provenance not in allowed:
-            got.excluded[f"fork of provenance {fork.provenance} (use --include-scripted)"] += 1
-            continue
-        got.forks.append(fork)
-        got.group_tasks.setdefault(fork.group, fork.task)
-        got.examples += fork_examples(fork, got.skipped)
+    forks_seen: set[str] = set()
+    for path in inputs:
+        for fork in find_forks([path]):
+            if fork.fork_id in forks_seen:
+                continue
+            forks_seen.add(fork.fork_id)
+            if fork.provenance not in allowed:
+                got.excluded[f"fork of provenance {fork.provenance} (use --include-scripted)"] += 1
+                continue
+            got.forks.append(fork)
+            got.group_tasks.setdefault(fork.group, fork.task)
+            got.examples += fork_examples(fork, got.skipped, source=str(path))
     if options.provenance:
         kept = [e for e in got.examples if provenance_ok(e.provenance, options.provenance)]
         got.filtered_out = dict(Counter(e.provenance for e in got.examples

@@ -149,6 +149,9 @@ def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every
                                   "temperature": temperature, "top_p": top_p, "seed": seed, "model": model}
     index = AllForks(created_at=now_iso(), updated_at=now_iso(), inputs=[str(p) for p in inputs], options=options,
                      runs=len(runs), runs_skipped=skipped, states=plan, totals={})
+    earlier = _earlier_states(out / INDEX_FILE, {(s.run_id, s.tick) for s in plan})
+    index.inputs = sorted({*index.inputs, *earlier[0]})
+    index.states = earlier[1] + plan  # states of other runs forked into the same folder by an earlier pass
     progress = on_progress or (lambda _i, _n, _msg: None)
     for i, state in enumerate(plan):
         target = _state_dir(out, state.run_id, state.tick)
@@ -177,13 +180,21 @@ def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every
         else:
             _summarize(state, record, "done")
         index.updated_at = now_iso()
-        index.totals = _totals(plan)
+        index.totals = _totals(index.states)
         atomic_write(out / INDEX_FILE, index.model_dump_json(indent=2))
         progress(i + 1, len(plan), f"{where}: {state.status}")
     index.updated_at = now_iso()
-    index.totals = _totals(plan)
+    index.totals = _totals(index.states)
     atomic_write(out / INDEX_FILE, index.model_dump_json(indent=2))
     return index
+
+
+def _earlier_states(path: Path, planned: set[tuple[str, int]]) -> tuple[list[str], list[ForkState]]:
+    """Inputs and states of an earlier pass into the same folder that this pass does not plan again."""
+    if not path.is_file():
+        return [], []
+    before = AllForks.model_validate_json(path.read_text())
+    return before.inputs, [s for s in before.states if (s.run_id, s.tick) not in planned]
 
 
 def _summarize(state: ForkState, record: ForkRecord, status: Literal["done", "kept"]) -> None:

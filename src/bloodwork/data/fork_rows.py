@@ -39,11 +39,12 @@ def _pool(c: Candidate) -> tuple[Pool | None, str]:
     return None, ""
 
 
-def fork_examples(fork: ForkRecord, skipped: dict[str, int]) -> list[Example]:
-    """The fork's usable candidates as Examples; reasons for the others are counted in `skipped`."""
+def fork_examples(fork: ForkRecord, skipped: dict[str, int], source: str = "") -> list[Example]:
+    """The fork's usable candidates as Examples (`source`: the input they were found under, default the fork's
+    folder); reasons for the others are counted in `skipped`."""
     out: list[Example] = []
     temperature = float(fork.sampling.get("temperature", 0.0))
-    source = str(Path(fork.base_dir).parent.parent)
+    source = source or str(Path(fork.base_dir).parent.parent)
     for c in fork.candidates:
         pool, reason = _pool(c)
         if pool is None:
