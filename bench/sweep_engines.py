@@ -51,7 +51,7 @@ def grid_files(root: Path) -> tuple[Path, Path]:
     (task / "files").mkdir(parents=True)
     (task / "files" / "README.md").write_text("bench workspace\n")
     (task / "task.yaml").write_text("id: bench/sweep\nsynthetic: true\ngoal: Keep a log.\n"
-                                    "verifier: {command: 'test -f log.txt', timeout_s: 10}\n")
+                                    "verifier: {command: 'test -f log.txt', timeout_s: 10, report: exit_code}\n")
     policy = root / "policy.py"
     policy.write_text(POLICY)
     return task, policy

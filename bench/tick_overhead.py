@@ -9,13 +9,19 @@ Per configuration (each in a fresh subprocess, so peak RSS is its own): median h
 files at their final size, plus every rewrite of the registers file). The watchdog and thrashing detectors
 are set out of reach here: the benchmark's agent repeats itself by design and must not die of it.
 
+With `--baseline-src DIR` (another checkout's `src`, e.g. of main before a change) each configuration runs
+with that code and with this one back to back, alternating `--repeats` times, so a shared machine's load
+drifts over both alike; the report gives each side's median of the per-run medians and the difference.
+
 Usage: python bench/tick_overhead.py [--ticks 100,1000,10000] [--out bench/results/tick_overhead.json]
+       python bench/tick_overhead.py --baseline-src /work/baseline/src --ticks 1000 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -104,27 +110,49 @@ def one(mode: str, ticks: int) -> dict[str, float | int | str]:
                 "registers_bytes_per_tick": round(reg_bytes / ticks, 1), "wall_s": round(wall, 2)}
 
 
+def _one(mode: str, ticks: int, src: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, __file__, "--one", mode, str(ticks)], capture_output=True, text=True,
+                         check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ticks", default="100,1000,10000")
     parser.add_argument("--out", default="bench/results/tick_overhead.json")
+    parser.add_argument("--baseline-src", type=Path, help="compare with this src folder, back to back")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs per side and configuration")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "TICKS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]))))
         return
+    own = Path(__file__).resolve().parents[1] / "src"
+    sides = {"this": own} if args.baseline_src is None else {"baseline": args.baseline_src.resolve(), "this": own}
     rows = []
+    compare = []
     for mode in ("read", "exec"):
         for ticks in (int(t) for t in args.ticks.split(",")):
-            out = subprocess.run([sys.executable, __file__, "--one", mode, str(ticks)], capture_output=True,
-                                 text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"{mode:5} {ticks:6} ticks: median {row['median_ms']:.3f} ms/tick (p95 {row['p95_ms']:.3f}), "
-                  f"last/first {row['ratio_last_first']:.3f}, peak RSS {row['peak_rss_mb']} MB, "
-                  f"{row['bytes_per_tick']:.0f} B/tick written, sandbox {row['sandbox']}", flush=True)
+            got: dict[str, list[dict]] = {side: [] for side in sides}
+            for _ in range(args.repeats):
+                for side, src in sides.items():
+                    row = _one(mode, ticks, src) | {"side": side, "src": str(src)}
+                    got[side].append(row)
+                    rows.append(row)
+                    print(f"{side:8} {mode:5} {ticks:6} ticks: median {row['median_ms']:.3f} ms/tick (p95 "
+                          f"{row['p95_ms']:.3f}), last/first {row['ratio_last_first']:.3f}, peak RSS "
+                          f"{row['peak_rss_mb']} MB, {row['bytes_per_tick']:.0f} B/tick written, sandbox "
+                          f"{row['sandbox']}", flush=True)
+            if len(sides) == 2:
+                med = {side: statistics.median(r["median_ms"] for r in got[side]) for side in sides}
+                compare.append({"mode": mode, "ticks": ticks, "repeats": args.repeats,
+                                "baseline_ms": med["baseline"], "this_ms": med["this"],
+                                "delta_ms": round(med["this"] - med["baseline"], 4)})
+                print(f"         {mode:5} {ticks:6} ticks: baseline {med['baseline']:.3f} ms, this {med['this']:.3f} "
+                      f"ms, delta {med['this'] - med['baseline']:+.3f} ms/tick", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "tick_overhead", "goals": GOALS, "rows": rows,
+    report = {"benchmark": "tick_overhead", "goals": GOALS, "rows": rows, "compare": compare,
               "note": "harness time excludes the oracle call; one machine, shared and noisy: compare within a run"}
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

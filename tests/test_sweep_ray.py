@@ -76,7 +76,7 @@ def quick_task(root: Path) -> Path:
     """conftest's hello task with a verifier that is one grep, not a pytest run (each run verifies once)."""
     folder = make_task(root)
     spec = yaml.safe_load((folder / "task.yaml").read_text())
-    spec["verifier"] = {"command": "grep -qx hello hello.txt", "timeout_s": 30}
+    spec["verifier"] = {"command": "grep -qx hello hello.txt", "timeout_s": 30, "report": "exit_code"}
     (folder / "task.yaml").write_text(yaml.safe_dump(spec))
     return folder
 

@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+# The prompt's text lives with every other model-facing text; it is re-exported for existing importers.
+from bloodwork.prompts import ISA_PROMPT as ISA_PROMPT
+
 MAX_THOUGHT = 2000
 MAX_REGISTER = 2000
 MAX_PATH = 512
@@ -252,14 +255,3 @@ def parse(text: str) -> ParseResult:
 
 
 _NOT_PARSED = object()
-
-ISA_PROMPT = """You are the transition function of a kernel. Each turn you get the goal, your state
-register q, and the slice s the kernel shows you. Answer with exactly ONE JSON object and nothing else:
-{"thought": "short reasoning", "q_next": "your new state register (notes for your future self)", "op": OP}
-where OP is one of:
-{"name": "SYS_READ", "path": "file.py"}               read a file (add "page": N for later pages)
-{"name": "SYS_WRITE", "path": "file.py", "content": "..."}  write a whole file
-{"name": "SYS_EDIT", "path": "file.py", "search": "old", "replace": "new"}  replace one exact occurrence
-{"name": "SYS_EXEC", "cmd": "python3 -m pytest -q"}   run a shell command in the workspace
-{"name": "SYS_HALT", "reason": "why the goal is met"}  claim the task is done (it will be verified)
-Faults come back to you as trap slices (sys://trap/KIND): read them and recover. No prose, no code fences."""

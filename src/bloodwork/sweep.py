@@ -1,8 +1,8 @@
 """`bloodwork sweep`: a grid of runs (tasks x models x chaos x seeds), in parallel, resumable.
 
 All workers live in one process and share one oracle per model spec: an embedded model is loaded once
-(~400 MB) instead of once per worker, and its generation lock queues the workers' calls. What runs in
-parallel is everything else: sandboxed commands, verifiers, journaling. A sweep directory holds
+(~400 MB) instead of once per worker, and its engine decodes the workers' concurrent calls as one batch.
+Everything else runs in parallel too: sandboxed commands, verifiers, journaling. A sweep directory holds
 `sweep.json` (the grid) and `runs/<cell_id>/` per cell; running the same sweep again skips finished
 cells, resumes interrupted ones and starts the rest.
 """

@@ -88,9 +88,9 @@ def test_replay_notices_a_divergence(runner, tmp_path):
 def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time():
     # two workers share one model: the second call waited 700 ms for the lock, then ran 300 ms
     calls = [
-        {"provenance": "real", "latency_ms": 400.0, "queue_ms": 0.5},
-        {"provenance": "real", "latency_ms": 1000.0, "queue_ms": 700.0},
-        {"provenance": "real", "latency_ms": 250.0},  # recorded before queue_ms existed: no wait known
+        {"provenance": "real", "latency_ms": 400.0, "queue_ms": 0.5, "batch_size": 1.0},
+        {"provenance": "real", "latency_ms": 1000.0, "queue_ms": 700.0, "batch_size": 2.5},
+        {"provenance": "real", "latency_ms": 250.0},  # recorded before queue_ms and batch_size existed
         {"provenance": "scripted", "latency_ms": 1.0, "queue_ms": 0.0},  # not a model's time
         {"provenance": "real", "latency_ms": 9000.0, "queue_ms": 0.0, "error": "timeout"},
         {"provenance": "real", "latency_ms": 5000.0, "queue_ms": 0.0, "purpose": "probe"},
@@ -99,3 +99,4 @@ def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time():
     assert times.latency_ms.n == times.queued_ms.n == times.model_ms.n == 3
     assert times.latency_ms.max == 1000.0 and times.queued_ms.max == 700.0
     assert times.model_ms.max == 399.5 and sorted([times.model_ms.p50, times.model_ms.mean]) == [300.0, 316.5]
+    assert times.batch_size.n == 2 and times.batch_size.max == 2.5  # only calls that recorded one

@@ -24,6 +24,7 @@ from bloodwork.chronos.journal import read_events
 from bloodwork.evidence import probes
 from bloodwork.evidence.profile import ContextDecayProfile, RunProfile, profile_runs
 from bloodwork.evidence.trend import drop_test, ols_slope, step_down
+from bloodwork.prompts import SLICE_HEAD
 from tests.conftest import Runner
 
 TICKS, ONSET, BUDGET = 120, 80, 1200
@@ -174,7 +175,7 @@ def _recount_refetches(run: Path) -> list[int]:
         op = rec["frame"]["op"]
         if op["name"] == "SYS_READ":
             p = op["path"]
-            shown = f"SLICE at d={p}:" in text or f'"name": "SYS_WRITE", "path": "{p}"' in text
+            shown = f"{SLICE_HEAD}{p}:" in text or f'"name": "SYS_WRITE", "path": "{p}"' in text
             if p in sent_before and not shown:
                 out.append(rec["tick"])
         if "://" not in rec["d"]:

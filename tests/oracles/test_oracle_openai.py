@@ -138,6 +138,8 @@ def test_streamed_answer_with_usage_and_ttft(api: str) -> None:
     assert sent["response_format"]["type"] == "json_schema"
     assert sent["response_format"]["json_schema"]["schema"]["title"] == "bloodwork syscall frame"
     assert oracle.provenance == "real" and oracle.tokenizer.exact is False
+    # this server does not say whether it honoured the format (`bloodwork serve` does): the row says so
+    assert oracle.describe()["response_format_honoured"] == "unreported"
 
 
 def test_without_usage_counts_are_estimated(api: str) -> None:
@@ -182,6 +184,7 @@ def test_bad_request_is_not_retried(api: str) -> None:
 
 def test_auto_format_falls_back_once_when_the_server_rejects_it(api: str) -> None:
     oracle = make_oracle("openai:noformat", **FAST)
+    assert oracle.describe()["response_format_honoured"] is None  # nothing answered yet
     first = oracle.complete(MESSAGES)
     assert (first.error, first.retries, first.text) == (None, 1, FRAME)
     assert oracle.describe()["response_format_in_use"] == "none"

@@ -225,6 +225,9 @@ def test_scripted_expert_recovers_every_scenario_through_the_cli(tmp_path: Path,
     chaos = [json.loads(line) for line in (out / "expert" / ".journal.log").read_text().splitlines()
              if json.loads(line)["kind"] == "chaos"]
     assert [c["data"]["kind"] for c in chaos] == [load_scenario(scenario).fault]
+    traps = [json.loads(line) for line in (out / "expert" / ".journal.log").read_text().splitlines()
+             if json.loads(line)["kind"] == "trap"]
+    assert traps == []  # healthy work (a health check each tick, a diagnosis, a repair) traps nothing
     assert chaos[0]["tick"] == inject_tick_for(SEED, scenario)
 
 

@@ -407,6 +407,7 @@ def test_scripted_expert_reaches_pr_drafted_through_the_cli(tmp_path: Path) -> N
     trace = [json.loads(line) for line in (run / "trace.jsonl").read_text().splitlines()]
     for tick, code in expert.EXPECT_EXIT.items():
         assert trace[tick]["result"]["exit"] == code, (tick, trace[tick]["result"])
+    assert [(r["tick"], r["traps"]) for r in trace if r["traps"]] == []  # healthy work traps nothing
     workspace_diff = subprocess.run(["git", "diff", "base", "--stat"], cwd=run / "workspace", capture_output=True,
                                     text=True, check=True).stdout
     assert "inflection/__init__.py" in workspace_diff

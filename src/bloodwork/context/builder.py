@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bloodwork import prompts
 from bloodwork.oracles.base import Message, Tokenizer
 
 Policy = Literal["unbounded", "window", "pinned", "masked"]
@@ -82,10 +83,6 @@ class _TokenCache:
         return n
 
 
-def mask_line(entry: HistoryEntry, tokens: int) -> str:
-    return f"[observation of tick {entry.tick} masked: {tokens} tokens; re-read it if you need it]"
-
-
 class ContextBuilder:
     """Builds each tick's messages within the budget; mutates the history it is given (evictions)."""
 
@@ -93,7 +90,7 @@ class ContextBuilder:
         self.config = config
         self.count = _TokenCache(tokenizer)
         self.system = system
-        self.goal_text = f"GOAL:\n{goal}"
+        self.goal_text = prompts.goal_text(goal)
         self.goal_tokens_exact = tokenizer.exact
 
     def bound_register(self, q: str) -> tuple[str, Eviction | None]:
@@ -128,11 +125,11 @@ class ContextBuilder:
             for entry in history[: max(0, len(history) - cfg.keep_observations)]:
                 if not entry.masked:
                     tokens = self.count(entry.observation)
-                    entry.observation = mask_line(entry, tokens)
+                    entry.observation = prompts.mask_line(entry.tick, tokens)
                     entry.masked = True
                     evictions.append(Eviction(section="observation", tick=entry.tick, tokens=tokens,
                                               reason="masked: older than the newest observations"))
-        tail = f"REGISTER q:\n{q}\n\nSLICE at d={d}:\n{slice_text}\n\nAnswer with one JSON frame."
+        tail = prompts.tail(q, d, slice_text)
         fixed = self.count(self.system) + self.count(tail) + (self.count(self.goal_text) if goal_present else 0)
         history_tokens = sum(self.count(e.action) + self.count(e.observation) for e in history)
         if cfg.policy != "unbounded":

@@ -4,7 +4,8 @@
 2. The run is rebuilt to tick T by replaying its raw outputs with the same seeds and chaos key, under the
    original model's tokenizer (the context budget is counted in it, so evictions come out the same); the
    rebuilt journal must match the original's tick for tick, else the fork stops before any model call.
-3. The model is asked K times at that prompt with temperature > 0 (a per-call seed each).
+3. The model is asked K times at that prompt with temperature > 0 (a per-call seed each); a local model
+   decodes the K samples as one batch, with the answers it would give them one at a time.
 4. Each candidate gets its own copy of the rebuilt run, extended with `Kernel.resume(max_ticks=T+h)`:
    at tick T the kernel gets the candidate, after it the model itself greedily, so branches differ by
    the candidate only. Each branch's context at T is checked against the prompt of step 1: byte for byte
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import Event, canonical_json, read_events
@@ -47,9 +49,9 @@ from bloodwork.data.teacher import judge_teacher, teacher_options
 from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
-from bloodwork.kernel.traps import fingerprint
+from bloodwork.kernel.traps import ENVIRONMENT_TRAPS, LOOP_TRAPS, fingerprint
 from bloodwork.manifold.workspace import copy_plain_tree
-from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer
+from bloodwork.oracles.base import CallInfo, Completion, Message, Oracle, Tokenizer, complete_many
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.oracles.replay import ReplayOracle
 from bloodwork.tasks.registry import load_task
@@ -61,15 +63,10 @@ Polarity = Literal["positive", "negative", "neutral"]
 POLARITY: dict[str, Polarity] = {"completed": "positive", "recovered": "positive", "progressed": "positive",
                                  "trapped": "negative", "thrashed": "negative", "idle": "neutral", "faulted": "neutral",
                                  "injected": "neutral", "failed": "neutral"}
-LOOP_TRAPS = frozenset({"THRASHING", "WATCHDOG"})
-# Traps that say something about the world rather than the answer: `pytest` whose output overflows the cap
-# is no worse an action for it. A branch whose only traps are these is `faulted` (neutral), not `trapped`.
-ENVIRONMENT_TRAPS = frozenset({"LOG_FLOOD", "IO_FAULT", "ORACLE_FAULT"})
+# A branch whose only natural traps are environment faults (kernel/traps.py's table: a refused write, a
+# failed model call, runaway output) is `faulted` (neutral), not `trapped`.
 _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
-# Exec slices of runs recorded before 2026-11-28 carried the command's duration in their head line
-# (`[exit 1, 1.87s, 4613 bytes of output]`); the kernel no longer writes it.
-_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
 
 
 class ForkError(ValueError):
@@ -190,7 +187,7 @@ def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
     masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
     head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
-    text = _OLD_EXEC_DURATION.sub(r"\1\2", canonical_json(messages))
+    text = prompts.drop_old_exec_duration(canonical_json(messages))
     return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
 
 
@@ -358,10 +355,10 @@ def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int 
         out.mkdir(parents=True, exist_ok=True)
         base, compared = rebuild(run_dir, tick, continuation.tokenizer, out / "base")
         schema = json_schema()
-        completions = []
-        for k in range(samples):
-            step(f"sampling candidate {k + 1}/{samples}")
-            completions.append(sampler.complete(prompt, schema, call=CallInfo(m.run_id, tick, k, purpose="fork")))
+        calls = [CallInfo(m.run_id, tick, k, purpose="fork") for k in range(samples)]
+        if calls:
+            step(f"sampling {samples} candidates")
+        completions = complete_many(sampler, prompt, schema, calls) if calls else []  # one batch on a local model
         candidates = [_candidate(k, c, sampler.provenance) for k, c in enumerate(completions)]
         for cand, done in zip(candidates, completions, strict=True):
             step(f"branch {cand.index + 1}/{samples}")

@@ -27,8 +27,7 @@ from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import Event
 from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.data.formats import Messages, Pool, prompt_sha256
-
-NEGATIVE_TRAPS = frozenset({"THRASHING", "WATCHDOG", "SCHEMA_VIOLATION", "ILLEGAL_HALT"})
+from bloodwork.kernel.traps import NEGATIVE_TRAPS
 
 
 @dataclass

@@ -211,13 +211,17 @@ def verify_run_or_bundle(root: Path) -> VerifyReport:
 
 
 class CallTimes(BaseModel):
-    """Per model call of real models. With several workers sharing one model, a call first waits for the
-    model's lock: `latency_ms` is what the loop waited, `queued_ms` that wait, `model_ms` the rest (the model's
-    own time). Reporting only the first would make the model look twice as slow in a 2-worker sweep."""
+    """Per model call of real models. Several workers share one model: a call may wait to be admitted to the
+    model's batch, or for other calls' prefills. `latency_ms` is what the loop waited, `queued_ms` that wait,
+    `model_ms` the rest (the model's own time, spent in decode steps it may have shared with `batch_size`
+    calls). Reporting only the first would make the model look slower the more workers a sweep has."""
 
     latency_ms: Distribution
     queued_ms: Distribution
     model_ms: Distribution
+    batch_size: Distribution = Field(default_factory=lambda: distribution([]),
+                                     description="calls decoded together, mean over each call's decode steps "
+                                                 "(calls recorded before the engine have none)")
 
 
 class SweepReport(BaseModel):
@@ -251,7 +255,8 @@ def call_times(calls: list[dict[str, Any]]) -> CallTimes:
     latency = [c["latency_ms"] for c in real]
     queued = [c.get("queue_ms") or 0.0 for c in real]
     return CallTimes(latency_ms=distribution(latency), queued_ms=distribution(queued),
-                     model_ms=distribution([round(t - q, 3) for t, q in zip(latency, queued, strict=True)]))
+                     model_ms=distribution([round(t - q, 3) for t, q in zip(latency, queued, strict=True)]),
+                     batch_size=distribution([c["batch_size"] for c in real if c.get("batch_size") is not None]))
 
 
 def _violations(calls: list[dict[str, Any]]) -> tuple[Rate, Rate, dict[str, int]]:
@@ -347,6 +352,9 @@ def render_markdown(r: SweepReport) -> str:
                   ("what the loop waited", r.call_times.latency_ms),
                   ("of which queued for a model shared by workers", r.call_times.queued_ms),
                   ("the model's own time", r.call_times.model_ms))), "",
+              f"Calls decoded together by the local engine (per call, mean over its decode steps): p50 "
+              f"{r.call_times.batch_size.p50}, p95 {r.call_times.batch_size.p95} (n={r.call_times.batch_size.n}).",
+              "",
               "## Runs by status", ""]
     lines += [f"- {k}: {v}" for k, v in r.runs_by_status.items()]
     return "\n".join(lines) + "\n"

@@ -19,10 +19,9 @@ from pydantic import BaseModel, Field
 from bloodwork.chronos.files import load_blobs, read_jsonl
 from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.evidence.probes import ProbeScore, SemanticInfo, score_probes
+from bloodwork.prompts import GOAL_PREFIX, START_LISTING
 
 SECTIONS = ("system", "goal", "register", "slice", "history")
-GOAL_PREFIX = "GOAL:\n"  # how the context builder pins the goal
-START_LISTING = "Files in the workspace:\n"  # how the kernel's start slice lists the task's files
 META_PATH_KEYS = ("files_to_implement", "patch_files", "test_files", "FAIL_TO_PASS")
 
 RELEVANCE_DEFINITION = (

@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from bloodwork import prompts
 from bloodwork.experts.base import Decision, State, halt
 from bloodwork.experts.edits import exec_op, file_op, prepared_texts, read_file, write_op
 from bloodwork.experts.observe import ExecView, exec_view
@@ -202,7 +203,7 @@ class RepoFixPolicy:
                 return Decision("Fixed and tested; write the PR description.", "tested; writing PR.md",
                                 write_op(PR_FILE, self.pr))
             return halt("Reproduced, fixed, tested, PR drafted.", "bug fixed and tested; PR.md written")
-        if state.last.slice.startswith(f"write: {PR_FILE} ") and check_pr(read_file(ws, PR_FILE))["ok"]:
+        if prompts.is_write_result(state.last.slice, PR_FILE) and check_pr(read_file(ws, PR_FILE))["ok"]:
             return halt("Reproduced, fixed, tested, PR drafted.", "bug fixed and tested; PR.md written")
         return Decision("The fix is in; run the regression and the existing tests.", "fixed; testing",
                         exec_op(self.tests_run.cmd))

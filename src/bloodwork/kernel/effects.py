@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bloodwork import prompts
 from bloodwork.chaos.plan import FaultPlan
 from bloodwork.isa import SysEdit, SysExec, SysRead, SysWrite
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.traps import TrapKind
 from bloodwork.manifold.runner import CommandRunner
-from bloodwork.manifold.workspace import IOFault, PageFault, PathEscape, Workspace, page_of
+from bloodwork.manifold.workspace import PAGE_CHARS, IOFault, PageFault, PathEscape, Workspace, page_of
 
 SPILL_SCHEME = "spill://"
 _SPILL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -57,8 +58,8 @@ class World:
             text = self.ws.read_text(path)
         body, pages = page_of(text, page)
         if page >= pages:
-            raise PageFault(f"{path}: page {page} does not exist ({pages} pages)")
-        return f"{path} (page {page + 1}/{pages}, {len(text)} chars)\n{body}", pages
+            raise PageFault(f"{path}: page {page} does not exist (pages 0-{pages - 1})")
+        return prompts.read_slice(path, page, pages, len(text), body), pages
 
     def read(self, op: SysRead, tick: int) -> Outcome:
         try:
@@ -88,8 +89,7 @@ class World:
             return trap_outcome(TrapKind.PATH_ESCAPE, str(err), chaos=chaos)
         except IOFault as err:
             return trap_outcome(TrapKind.IO_FAULT, f"{verb} failed: {err}", chaos=chaos, changed=True)
-        state = "changed" if changed else "unchanged (same content)"
-        return Outcome(d=f"sys://result/{verb}", slice_text=f"{verb}: {path} ({size} bytes, {state})",
+        return Outcome(d=f"sys://result/{verb}", slice_text=prompts.write_result(verb, path, size, changed),
                        changed=changed, chaos=chaos, result={"bytes": size, "changed": changed})
 
     def write(self, op: SysWrite, tick: int) -> Outcome:
@@ -104,8 +104,7 @@ class World:
             return trap_outcome(TrapKind.PAGE_FAULT, str(err))
         count = text.count(op.search)
         if count != 1:
-            why = "not found" if count == 0 else f"found {count} times (it must be unique)"
-            return Outcome(d="sys://result/edit", slice_text=f"edit: {op.path}: search text {why}; nothing changed",
+            return Outcome(d="sys://result/edit", slice_text=prompts.edit_miss(op.path, count),
                            result={"occurrences": count})
         return self._write(tick, op.path, text.replace(op.search, op.replace, 1), "edit")
 
@@ -127,34 +126,37 @@ class World:
             noise = shlex.quote("WARN worker heartbeat missed; retrying connection pool ...")
             cmd = (f"{{ {op.cmd}\n}}; s=$?; yes {noise} | head -c {profile.log_flood_chars}; echo; exit $s")
         res = self.runner.run(cmd, timeout)
-        # No wall-clock time in the slice: it would make identical outcomes look like new information
-        # and a replay diverge. The duration is kept in the trace's result.
-        timed_out = f", TIMED OUT after {timeout:g}s" if res.timed_out else ""
-        head = f"$ {op.cmd}\n[exit {res.exit_code}{timed_out}, {res.size} bytes of output]\n"
-        if res.spawn_error:
-            head += f"[{res.spawn_error}]\n"
         text = res.text
         traps: list[tuple[TrapKind, str]] = []
         result = {"exit": res.exit_code, "timed_out": res.timed_out, "bytes": res.size, "sha256": res.sha256,
                   "duration_s": res.duration_s}
+        if res.timed_out:
+            traps.append((TrapKind.EXEC_TIMEOUT, f"killed after {timeout:g}s"))
+        if any(c["kind"] == "log_flood" for c in chaos):
+            traps.append((TrapKind.LOG_FLOOD, f"the output was buried under {profile.log_flood_chars} chars of noise"))
+        elif res.size > cfg.output_ceiling_bytes:
+            traps.append((TrapKind.LOG_FLOOD, f"runaway output: {res.size} bytes, over the ceiling of "
+                                              f"{cfg.output_ceiling_bytes}"))
         if res.size > cfg.output_cap_chars or len(text) > cfg.output_cap_chars:
+            # Long output is a page, not a fault: spilled whole, shown as head + tail + how to read the rest.
             name = f"exec-{tick}.out"
             (self.spill_dir / name).write_bytes(res.output)
             half = cfg.output_cap_chars // 2
-            kept_note = "" if len(res.output) == res.size else f" (first {len(res.output)} bytes kept)"
-            text = (f"{text[:half]}\n... [{res.size} bytes, sha256 {res.sha256[:16]}; full output{kept_note} in "
-                    f"{SPILL_SCHEME}{name}, read it with SYS_READ page by page] ...\n{text[-half:]}")
-            traps.append((TrapKind.LOG_FLOOD, f"output of {res.size} bytes over the cap of {cfg.output_cap_chars}"))
+            pages = page_of(text, 0)[1]
+            kept = None if len(res.output) == res.size else len(res.output)
+            note = prompts.paging_note(res.size, res.sha256, f"{SPILL_SCHEME}{name}", pages, PAGE_CHARS, kept)
+            text = f"{text[:half]}\n{note}\n{text[-half:]}"
             result["spill"] = name
-        if res.timed_out:
-            traps.insert(0, (TrapKind.EXEC_TIMEOUT, f"killed after {timeout:g}s"))
-        elif res.fault:  # a forged or garbled sandbox reply, or the workspace over its quota
+        if res.fault and not res.timed_out:  # a forged or garbled sandbox reply, or the workspace over its quota
             traps.insert(0, (TrapKind.IO_FAULT, res.fault))
+        head = prompts.exec_head(op.cmd, res.exit_code, res.size, timeout if res.timed_out else None,
+                                 res.spawn_error)
+        head += "".join(prompts.trap_slice(kind.value, detail) + "\n" for kind, detail in traps)
         return Outcome(d=f"sys://exec/{tick}", slice_text=head + text, traps=traps, chaos=chaos, result=result)
 
 
 def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[dict[str, Any]] | None = None,
                  changed: bool = False) -> Outcome:
-    return Outcome(d=f"sys://trap/{kind.value}", slice_text=f"TRAP {kind.value}: {detail}", traps=[(kind, detail)],
-                   chaos=chaos or [], changed=changed)
+    return Outcome(d=f"sys://trap/{kind.value}", slice_text=prompts.trap_slice(kind.value, detail),
+                   traps=[(kind, detail)], chaos=chaos or [], changed=changed)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile, FaultPlan
 from bloodwork.chronos.context_log import ContextLog, history_entries
 from bloodwork.chronos.files import JsonlAppender, atomic_write, read_jsonl
@@ -41,7 +42,6 @@ from bloodwork.chronos.run import (
 )
 from bloodwork.context.builder import ContextBuilder, HistoryEntry
 from bloodwork.isa import (
-    ISA_PROMPT,
     Frame,
     ParseResult,
     SysEdit,
@@ -54,20 +54,16 @@ from bloodwork.isa import (
 )
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.effects import Outcome, World, trap_outcome
-from bloodwork.kernel.traps import Detectors, TrapKind, digest, fingerprint
+from bloodwork.kernel.traps import CHAOS_TRAPS, Act, Detectors, TrapKind, digest, fingerprint, observation_digest
 from bloodwork.manifold.runner import CommandInterrupted, CommandRunner, SandboxError
 from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
+from bloodwork.manifold.worldindex import WorldIndex
 from bloodwork.oracles.base import CallInfo, Completion, Oracle
 from bloodwork.oracles.chaotic import ChaoticOracle
 from bloodwork.tasks.base import Task
 
-CHAOS_TRAPS = {"exec_timeout": TrapKind.EXEC_TIMEOUT, "write_deny": TrapKind.IO_FAULT, "disk_full": TrapKind.IO_FAULT,
-               "log_flood": TrapKind.LOG_FLOOD, "oracle_error": TrapKind.ORACLE_FAULT,
-               "oracle_truncate": TrapKind.SCHEMA_VIOLATION}
 ORACLE_FAULTS = ("oracle_error", "oracle_slow", "oracle_truncate")
 ACTION_SHOWN_CHARS = 1500
-PROBE_QUESTION = ("Kernel probe (not a tick, no frame needed): in one or two plain sentences, what is your goal "
-                  "and what is your next step?")
 
 
 class KernelError(Exception):
@@ -142,12 +138,14 @@ class Kernel:
         self.oracle = oracle
         self.runner = runner or _make_runner(paths, config, task)
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
+        # The loop detectors' world state: a content digest kept up to date from what changed, not a tree walk.
+        self.world_index = WorldIndex(paths.workspace)
         self.journal = Journal(paths.journal, seq=registers.journal_seq, prev=registers.journal_prev)
         self.trace = JsonlAppender(paths.trace)
         self.dirty = JsonlAppender(paths.dirty)
         self.ctx_log = ContextLog(paths.context)
         self.blobs = self.ctx_log.blobs
-        self.builder = ContextBuilder(config.context, oracle.tokenizer, ISA_PROMPT, task.goal)
+        self.builder = ContextBuilder(config.context, oracle.tokenizer, prompts.ISA_PROMPT, task.goal)
         self.detectors = Detectors(config.traps)
         self.history: list[HistoryEntry] = []
         self.schema = json_schema()
@@ -198,7 +196,8 @@ class Kernel:
             kernel.R.slice_id = kernel.blobs.put(kernel._start_slice())
             kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
                                                   "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
-                                                  "panic_budget": config.panic_budget, "sandbox": runner.kind})
+                                                  "panic_budget": config.panic_budget, "sandbox": runner.kind,
+                                                  "world_index": kernel.world_index.kind})
             kernel._persist()
             kernel._save_manifest()
         except BaseException:
@@ -303,7 +302,7 @@ class Kernel:
 
     def _start_slice(self) -> str:
         listing = self.runner.run("find . -path ./.git -prune -o -type f -print | sort | head -100", 10).text
-        return f"Task started. Files in the workspace:\n{listing}"
+        return prompts.start_slice(listing)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -352,13 +351,14 @@ class Kernel:
         try:
             return self.world.read_slice(path, int(page or 0))[0]
         except (PageFault, PathEscape) as err:
-            return f"{d}: no longer readable ({err})"
+            return prompts.unreadable(d, str(err))
 
     def step(self) -> None:
         R = self.R
         tick = R.tick
         started = time.perf_counter()
         chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
+        world_before = self.world_index.digest()
         slice_text = self._observe()
         ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick,
                                                R.goal_pinned_at)
@@ -382,9 +382,8 @@ class Kernel:
             outcome = trap_outcome(TrapKind.ORACLE_FAULT, f"{completion.error_class or 'error'}: {completion.error}")
         elif frame is None:
             assert verdict is not None
-            outcome = trap_outcome(TrapKind.SCHEMA_VIOLATION, f"{verdict.violation}: {verdict.detail}. "
-                                    "Answer with exactly one JSON frame and nothing else.")
-        elif guard := self.detectors.guard(tick, fp or ""):
+            outcome = trap_outcome(TrapKind.SCHEMA_VIOLATION, f"{verdict.violation}: {verdict.detail}")
+        elif guard := self.detectors.guard(tick, fp or "", world_before):
             blocked = True
             outcome = trap_outcome(guard[0], guard[1] + "; the action was not run")
         else:
@@ -393,9 +392,13 @@ class Kernel:
         chaos += outcome.chaos
         q_next, reg_evict = self.builder.bound_register(frame.q_next if frame else R.q)
         slice_digest = digest(outcome.slice_text)
-        progress = outcome.changed or self.detectors.is_new(slice_digest)
+        seen = observation_digest(outcome.slice_text, command_output=outcome.d.startswith("sys://exec/"))
+        world_after = self.world_index.digest()
+        outcome.changed = outcome.changed or world_after != world_before
+        progress = outcome.changed or self.detectors.is_new(seen)
         traps = list(outcome.traps)
-        if halted is None and (idle := self.detectors.after(tick, None if blocked else fp, slice_digest, progress)):
+        act = Act(tick, fp, world_before, seen) if fp is not None and not blocked else None
+        if halted is None and (idle := self.detectors.after(tick, act, seen, progress)):
             traps.append(idle)
         kinds = [k for k, _ in traps]
         injected_kinds = {CHAOS_TRAPS[c["kind"]] for c in chaos if c.get("kind") in CHAOS_TRAPS}
@@ -440,7 +443,7 @@ class Kernel:
             R.streak.traps += [k.value for k in kinds]
 
         d_next, next_slice = outcome.d, outcome.slice_text
-        observation = f"SLICE at d={R.d}:\n{slice_text}"
+        observation = prompts.observation(R.d, slice_text)
         shown = escape_surrogates(completion.text)  # the raw text stays in the dirty trace; this is sent back
         action = shown if len(shown) <= ACTION_SHOWN_CHARS else (
             shown[:ACTION_SHOWN_CHARS] + f"... [{len(shown) - ACTION_SHOWN_CHARS} chars cut]")
@@ -462,9 +465,8 @@ class Kernel:
                                     "budget_left": R.panic_budget_left, "panic_no": R.panics})
             R.streak = None
             d_next = "sys://panic"
-            next_slice = (f"PANIC {R.panics}: {panic_kind.value} ({dict(traps)[panic_kind][:300]}). The history was "
-                          f"cleared; panic budget left: {R.panic_budget_left}. Re-read the goal, check your register, "
-                          f"and take a different action.\nGOAL:\n{self.task.goal}")
+            next_slice = prompts.panic_slice(R.panics, panic_kind.value, dict(traps)[panic_kind], R.panic_budget_left,
+                                             self.task.goal)
             if R.panic_budget_left <= 0:
                 R.status = RunStatus.DIED
                 R.cause_of_death = panic_kind.value
@@ -483,7 +485,8 @@ class Kernel:
                      "verdict": "strict" if verdict and verdict.strict_ok else (
                          "lenient" if verdict and verdict.lenient_ok else "invalid"),
                      "q_next": q_next, "d_next": d_next, "result": outcome.result, "traps": [k.value for k in kinds],
-                     "blocked": blocked, "progress": progress, "changed": outcome.changed,
+                     "blocked": blocked, "progress": progress, "changed": outcome.changed, "seen": seen,
+                     "world": [world_before, world_after],
                      "panic": panic_kind.value if panic_kind else None, "ts": round(time.time(), 3)}
         self.trace.append(trace_rec)
         goal_shown = self.builder.goal_text if goal_present else None
@@ -506,7 +509,7 @@ class Kernel:
 
     def _probe(self, tick: int, messages: list[dict[str, str]]) -> dict[str, Any]:
         """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
-        question = {"role": "user", "content": PROBE_QUESTION}
+        question = {"role": "user", "content": prompts.PROBE_QUESTION}
         c = self.oracle.complete([*messages, question], None,
                                  call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe",
                                                workspace=self.paths.workspace))
@@ -520,10 +523,9 @@ class Kernel:
         if isinstance(op, SysHalt):
             verdict = self.task.verify(self.paths.workspace, self.runner)
             if verdict.passed:
-                return Outcome(d="sys://halt", slice_text=f"HALT accepted: {verdict.summary}",
+                return Outcome(d="sys://halt", slice_text=prompts.halt_accepted(verdict.summary),
                                changed=True), {"reason": op.reason, "verifier": verdict.model_dump()}
-            return trap_outcome(TrapKind.ILLEGAL_HALT, f"the task's verifier does not accept the halt: "
-                                 f"{verdict.summary}. Keep working."), None
+            return trap_outcome(TrapKind.ILLEGAL_HALT, prompts.halt_refused(verdict.summary)), None
         if isinstance(op, SysRead):
             return self.world.read(op, tick), None
         if isinstance(op, SysWrite):
@@ -531,17 +533,14 @@ class Kernel:
         if isinstance(op, SysEdit):
             return self.world.edit(op, tick), None
         assert isinstance(op, SysExec)
-        before = self.world.ws.snapshot()
-        outcome = self.world.exec(op, tick)
-        outcome.changed = self.world.ws.snapshot() != before
-        return outcome, None
+        return self.world.exec(op, tick), None
 
     def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None) -> dict[str, Any]:
         return {"tick": tick, "call_index": call_index, "purpose": "tick", "provenance": self.oracle.provenance,
                 "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
                 "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "queue_ms": c.queue_ms,
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "retries": c.retries,
-                "finish_reason": c.finish_reason,
+                "finish_reason": c.finish_reason, "batch_size": c.batch_size,
                 "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
                 "lenient_ok": verdict.lenient_ok if verdict else None,
                 "violation": verdict.violation if verdict else None,
@@ -607,8 +606,8 @@ class Kernel:
             self._save_manifest()
 
     def _close(self) -> None:
-        for closer in (self.task.close, self.runner.close, self.trace.close, self.dirty.close, self.ctx_log.close,
-                       self.journal.close):
+        for closer in (self.task.close, self.runner.close, self.world_index.close, self.trace.close, self.dirty.close,
+                       self.ctx_log.close, self.journal.close):
             with suppress(Exception):
                 closer()
         if self._dir_lock is not None:

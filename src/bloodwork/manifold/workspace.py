@@ -198,28 +198,6 @@ class Workspace:
             os.close(fd)
         return before != data
 
-    def snapshot(self) -> tuple[tuple[str, int, int], ...]:
-        """A cheap fingerprint of the tree (path, size, mtime_ns) to tell whether anything changed."""
-        out: list[tuple[str, int, int]] = []
-        stack = [self.root]
-        while stack:
-            here = stack.pop()
-            try:
-                entries = list(os.scandir(here))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.name not in (".git", "__pycache__", ".pytest_cache"):
-                        stack.append(Path(entry.path))
-                    continue
-                out.append((entry.path, st.st_size, st.st_mtime_ns))
-        return tuple(sorted(out))
-
 
 def page_of(text: str, page: int, size: int = PAGE_CHARS) -> tuple[str, int]:
     """One page of a long text and the page count."""

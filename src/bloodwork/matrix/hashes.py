@@ -17,11 +17,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bloodwork.chronos.journal import canonical_json
-from bloodwork.isa import ISA_PROMPT, json_schema
+from bloodwork.isa import json_schema
 from bloodwork.oracles.base import Oracle
+from bloodwork.prompts import ISA_PROMPT
 
+# `response_format_in_use` is what an API row sent; `response_format_honoured` what the server says it did
+# (`bloodwork serve` reports it on every answer; other servers do not: "unreported").
 DECODING_KEYS = ("temperature", "top_p", "max_new_tokens", "max_tokens", "seed", "constrained",
-                 "response_format_in_use", "dtype", "threads")
+                 "response_format_in_use", "response_format_honoured", "dtype", "threads")
 
 
 def prompt_template_sha256() -> str:

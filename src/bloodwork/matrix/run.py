@@ -162,6 +162,7 @@ def _scored_row(oracle: Any, spec: str, states: list[EvalState], out: Path, opti
             row.status, row.reason = "failed", f"every call failed: {answers[0].error}"
             return row
         row.scores = score(answers)
+        row.decoding = decoding(oracle.describe())  # again after the answers: what the server honoured
         row.hardware["load_avg_1m"]["end"] = round(os.getloadavg()[0], 2)
         if options.loop is not None and options.loop.runs > 0:
             loop_dir = out / "loop" / f"{slug(spec)}-{time.strftime('%Y%m%d-%H%M%S')}"

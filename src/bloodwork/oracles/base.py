@@ -28,13 +28,16 @@ class Completion(BaseModel):
 
     `latency_ms` and `ttft_ms` count from the start of the call: they are what the caller waited.
     `queue_ms` is the part of that spent waiting for a model shared with other callers (a sweep's
-    workers, `bloodwork serve`'s clients), so the model's own speed is recoverable from a busy run.
+    workers, `bloodwork serve`'s clients, a fork's samples), so the model's own time for the call is
+    `latency_ms - queue_ms` even in a busy run. `batch_size` is how many requests the local engine decoded
+    together with this one, on average over its decode steps (1 = alone; None for other backends).
     """
 
     text: str = ""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     queue_ms: float | None = None
+    batch_size: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     retries: int = 0
@@ -92,3 +95,20 @@ class Oracle(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchingOracle(Oracle, Protocol):
+    """An oracle that can answer several calls at one prompt together (the local engine: one prefill, one
+    batch), with the same answers as calling `complete` for each."""
+
+    def complete_many(self, messages: list[Message], schema: dict[str, Any] | None,
+                      calls: list[CallInfo]) -> list[Completion]: ...
+
+
+def complete_many(oracle: Oracle, messages: list[Message], schema: dict[str, Any] | None,
+                  calls: list[CallInfo]) -> list[Completion]:
+    """One completion per call at the same prompt: in one batch where the backend can, else in turn."""
+    if isinstance(oracle, BatchingOracle):
+        return oracle.complete_many(messages, schema, calls)
+    return [oracle.complete(messages, schema, call=call) for call in calls]

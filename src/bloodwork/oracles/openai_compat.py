@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,9 @@ from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, ErrorClas
 
 ResponseFormat = Literal["auto", "json_schema", "json_object", "none"]
 RETRYABLE: frozenset[str] = frozenset({"rate_limit", "server_error", "timeout", "connection"})
+# `bloodwork serve` says on every answer what its decoding was constrained to (none, json_schema, ...);
+# other servers say nothing, and then only what was sent is known.
+CONSTRAINT_HEADER = "x-bloodwork-constraint"
 # Local OpenAI-compatible servers (llama.cpp, vLLM, Ollama, `bloodwork serve`) ignore the key, but the SDK
 # refuses to start without one: on a loopback OPENAI_BASE_URL a missing key is replaced by this dummy.
 LOOPBACK_DUMMY_KEY = "sk-no-key"
@@ -155,6 +159,7 @@ class OpenAICompatOracle:
         self.format_in_use: ResponseFormat = prov.auto_format if fmt == "auto" else fmt
         self.stream_usage = prov.stream_usage
         self._format_confirmed = False  # set once a request in the current format has succeeded
+        self._honoured: Counter[str] = Counter()  # answers by the constraint the server reported
         try:
             from openai import OpenAI
         except ImportError as err:
@@ -192,6 +197,7 @@ class OpenAICompatOracle:
         usage: Any = None
         try:
             with self._client.chat.completions.create(**self._request(messages, schema)) as stream:
+                reported = stream.response.headers.get(CONSTRAINT_HEADER)
                 for chunk in stream:
                     if chunk.usage is not None:
                         usage = chunk.usage
@@ -225,6 +231,7 @@ class OpenAICompatOracle:
             prompt_tokens = sum(self.tokenizer.count(m.get("content", "")) for m in messages)
         if completion_tokens is None:
             completion_tokens = self.tokenizer.count(raw)
+        self._honoured[reported or "unreported"] += 1
         return Completion(text=raw, ttft_ms=ttft_ms, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, finish_reason=finish)
 
@@ -283,11 +290,21 @@ class OpenAICompatOracle:
         return {
             "backend": self.provider_name, "model": self.model, "base_url": _public_url(self.base_url or ""),
             "key_from": self.key_source, "response_format": opts.response_format,
-            "response_format_in_use": self.format_in_use, "temperature": opts.temperature, "top_p": opts.top_p,
+            "response_format_in_use": self.format_in_use, "response_format_honoured": self.honoured(),
+            "temperature": opts.temperature, "top_p": opts.top_p,
             "max_tokens": opts.max_tokens, "seed": opts.seed, "timeout_s": opts.timeout_s,
             "max_retries": opts.max_retries, "backoff_s": opts.backoff_s, "backoff_max_s": opts.backoff_max_s,
             "tokens": "provider usage when reported, else estimate (4 chars/token)",
         }
+
+    def honoured(self) -> str | None:
+        """What the server says it constrained the answers to: one kind (`json_schema`, `none`, ...) when all
+        agree, `unreported` from a server that does not say, the counts when they differ; None before any."""
+        if not self._honoured:
+            return None
+        if len(self._honoured) == 1:
+            return next(iter(self._honoured))
+        return "mixed: " + ", ".join(f"{k}={n}" for k, n in sorted(self._honoured.items()))
 
     def close(self) -> None:
         self._client.close()

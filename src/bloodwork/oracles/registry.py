@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bloodwork.oracles.base import Oracle, OracleConfigError
 
-SPEC_HELP = ("local:smollm2[+constrained][+lora=PATH], openai:MODEL, gemini:MODEL, kimi:MODEL, "
+SPEC_HELP = ("local:smollm2[+constrained][+float32][+lora=PATH], openai:MODEL, gemini:MODEL, kimi:MODEL, "
              "scripted:FILE, replay:RUN_DIR, expert:TASK")
 
 

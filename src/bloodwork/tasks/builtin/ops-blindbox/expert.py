@@ -8,7 +8,7 @@ slices. Runs driven by it are scripted runs (tagged `provenance: scripted`) and 
 as model behaviour.
 
 It keeps its state in the register q (`watch N`, `diagnose`, `repair`, `start`, `restart`, `confirm`),
-which the kernel shows back in the last user message (`REGISTER q:` ... `SLICE at d=...:` ...).
+which the kernel shows back in the last user message (read with `bloodwork.prompts.split_tail`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+from bloodwork.prompts import split_tail
 
 DIAGNOSE = ("./service/status.sh; echo '--- log'; tail -n 4 logs/service.log | cut -c1-150; echo '--- data'; "
             "ls -l data; echo '--- config'; cat service/config.json; echo; echo '--- routes'; "
@@ -39,9 +41,8 @@ def _exec(thought: str, q: str, cmd: str) -> str:
 def _parts(messages: list[dict[str, str]]) -> tuple[str, str]:
     """(q, slice) from the kernel's last user message."""
     last = messages[-1]["content"] if messages else ""
-    q = re.search(r"REGISTER q:\n(.*?)\n\nSLICE at d=", last, re.DOTALL)
-    s = re.search(r"SLICE at d=[^\n]*:\n(.*)\n\nAnswer with one JSON frame", last, re.DOTALL)
-    return (q.group(1).strip() if q else ""), (s.group(1) if s else last)
+    parts = split_tail(last)
+    return (parts[0].strip(), parts[2]) if parts else ("", last)
 
 
 def _port(messages: list[dict[str, str]]) -> int:
