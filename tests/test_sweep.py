@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bloodwork.chronos.files import sha256_file
+from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.sweep import Sweep, SweepError, SweepSpec, cells
 from tests.conftest import make_task, requires_bwrap
 
@@ -65,3 +66,29 @@ def test_sweeps_that_differ_only_by_kernel_config_make_different_run_ids(tmp_pat
     plain, pinned, windowed = (cells(SweepSpec(**grid, config=c))[0].cell_id for c in ({}, default, window))
     assert plain == pinned == "long-haul-ledger__scripted-x-yaml__off__s0"  # default sweeps keep their ids
     assert windowed.startswith(plain + "__k") and windowed != plain
+
+
+def test_a_sampled_sweep_records_its_temperature_and_keeps_greedy_ids(tmp_path):
+    grid = {"tasks": ["long-haul/ledger"], "models": ["scripted:x.yaml"], "chaos": ["off"], "seeds": [3]}
+    greedy, zero, sampled = (SweepSpec(**grid, temperature=t) for t in (None, 0.0, 0.7))
+    assert cells(greedy)[0].cell_id == cells(zero)[0].cell_id == "long-haul-ledger__scripted-x-yaml__off__s3"
+    assert cells(sampled)[0].cell_id == "long-haul-ledger__scripted-x-yaml__off__s3__t0.7"
+    # An old sweep.json (no temperature) is the same grid as a greedy sweep today, not as a sampled one.
+    assert greedy.grid_key() == SweepSpec(**grid).grid_key() != sampled.grid_key()
+    assert sampled.oracle_options(3) == {"seed": 3, "temperature": 0.7}
+    assert greedy.oracle_options(3) == {"seed": 3}
+
+
+@requires_bwrap
+def test_the_temperature_reaches_every_run_manifest(tmp_path):
+    task = make_task(tmp_path)
+    script = tmp_path / "p.py"
+    script.write_text(POLICY)
+    spec = SweepSpec(tasks=[str(task)], models=[f"scripted:{script}"], chaos=["off"], seeds=[0, 1], ticks=2,
+                     temperature=0.5, model_options={"max_new_tokens": 8})
+    results = Sweep(spec, tmp_path / "sweep").run()
+    assert len(results) == 2
+    for r in results:
+        manifest = RunManifest.load(RunPaths(tmp_path / "sweep" / "runs" / r.cell_id))
+        assert manifest.oracle["options"]["temperature"] == 0.5
+        assert manifest.oracle["options"]["seed"] == manifest.seed and r.cell_id.endswith(f"__s{manifest.seed}__t0.5")

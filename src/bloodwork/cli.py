@@ -291,6 +291,9 @@ def sweep(
     config: Annotated[Path | None, typer.Option(help="Kernel config YAML applied to every run.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Cap on generated tokens per call (local models).")]
     = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature of every run, seeded per run and "
+                                                      "call (recorded in run.json and on dataset rows); 0 or "
+                                                      "absent = greedy.", min=0)] = None,
     engine: Annotated[str, typer.Option(help="local (threads in this process) or ray (a Ray cluster).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray only: the cluster (default RAY_ADDRESS; without "
                                                          "either, a local Ray instance lives for this sweep).")]
@@ -303,6 +306,9 @@ def sweep(
 
     Example: bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --chaos default,heavy --seeds 0-3
     --ticks 60 --workers 2 --out runs/sweep1
+
+    Example (seeded sampling, so seeds differ): bloodwork sweep --tasks long-haul/ledger --seeds 0-3
+    --temperature 0.7 --out runs/sweep-t07
 
     Example (a Ray cluster): bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --seeds 0-63
     --engine ray --ray-address 10.0.0.5:6379 --out runs/sweep2
@@ -319,7 +325,8 @@ def sweep(
         options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
         spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
                          ticks=base.max_ticks, panic_budget=base.panic_budget, workers=workers,
-                         config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options)
+                         config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options,
+                         temperature=temperature)
         if engine == "ray":
             from bloodwork.sweep_ray import RaySweep
 

@@ -47,10 +47,18 @@ class SweepSpec(BaseModel):
     workers: int = Field(default=2, ge=1)
     config: dict[str, Any] = Field(default_factory=dict, description="kernel config overrides")
     model_options: dict[str, Any] = Field(default_factory=dict)
+    temperature: float | None = Field(default=None, ge=0, description="sampling temperature of every run (seeded "
+                                      "per run and call); None or 0 = greedy")
 
     def grid_key(self) -> dict[str, Any]:
         """What makes two sweeps the same sweep (the worker count does not)."""
-        return self.model_dump(exclude={"workers"})
+        return self.model_dump(exclude={"workers"} | ({"temperature"} if self.temperature is None else set()))
+
+    def oracle_options(self, seed: int) -> dict[str, Any]:
+        """The options every run's oracle gets (and its manifest records): the run's seed, the sweep's model
+        options, and the temperature when one is set (the seed then drives the sampling, call by call)."""
+        extra = {} if self.temperature is None else {"temperature": self.temperature}
+        return {"seed": seed, **self.model_options, **extra}
 
 
 class Cell(BaseModel):
@@ -86,8 +94,14 @@ def _config_tag(spec: SweepSpec) -> str:
     return "__k" + hashlib.sha256(json.dumps(spec.config, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _temperature_tag(spec: SweepSpec) -> str:
+    """Sampled runs get their temperature in their ids: a greedy and a sampled sweep of one grid must not make
+    runs with the same id (a dataset or extract over both would count one of them only)."""
+    return f"__t{spec.temperature:g}" if spec.temperature else ""
+
+
 def cells(spec: SweepSpec) -> list[Cell]:
-    tag = _config_tag(spec)
+    tag = _temperature_tag(spec) + _config_tag(spec)
     return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}{tag}", task=t, model=m, chaos=c, seed=s)
             for t in spec.tasks for m in spec.models for c in spec.chaos for s in spec.seeds]
 
@@ -145,7 +159,7 @@ class Sweep:
         key = f"{spec}|{seed}"
         with self._oracle_lock:
             if key not in self._oracles:
-                self._oracles[key] = make_oracle(spec, seed=seed, **self.spec.model_options)
+                self._oracles[key] = make_oracle(spec, **self.spec.oracle_options(seed))
             return self._oracles[key]
 
     def pending(self) -> list[Cell]:
@@ -164,7 +178,7 @@ class Sweep:
             kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
                                    chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
                                    command_line=self.command_line,
-                                   model_options={"seed": cell.seed, **self.spec.model_options})
+                                   model_options=self.spec.oracle_options(cell.seed))
             action = "ran"
         else:
             kernel = Kernel.resume(run_dir, task, oracle)

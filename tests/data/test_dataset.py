@@ -197,3 +197,29 @@ def test_dedup_refuses_an_answer_that_is_both_good_and_bad():
     assert [(e.pool, e.run_id, e.tick) for e in kept] == [("recovery", "b", 2), ("golden", "c", 3),
                                                           ("golden", "c", 5)]
     assert (counts.contradictory, counts.cross_pool, counts.near, counts.exact) == (2, 1, 1, 0)
+
+
+@requires_bwrap
+def test_train_length_is_chosen_from_the_measured_rows(built):
+    from bloodwork.data.build import choose_train_length
+    from bloodwork.data.formats import TRAIN_LENGTH_FILE, TrainLength
+
+    out, stats = built
+    saved = TrainLength.model_validate_json((out / TRAIN_LENGTH_FILE).read_text())
+    assert stats.train_length == saved and saved.rows == len(rows(out / "train" / "sft.jsonl"))
+    longest = saved.total_tokens.max or 0
+    assert saved.chosen % 128 == 0 and saved.chosen - 128 < longest <= saved.chosen  # holds every train row
+    assert saved.over["train/sft.jsonl"] == 0
+    assert stats.distinct_states["run"].before >= stats.distinct_states["run"].after > 0
+    assert set(stats.by_temperature) == {"0"}  # scripted runs: no sampling
+    # a longer row than the cap is counted as one training would drop
+    sft = out / "train" / "sft.jsonl"
+    original = sft.read_text()
+    row = json.loads(original.splitlines()[0])
+    row["messages"][-1]["content"] = "x " * 20_000
+    sft.write_text(original + json.dumps(row) + "\n")
+    try:
+        capped = choose_train_length(out, exact=False)
+    finally:
+        sft.write_text(original)
+    assert capped.chosen == 4096 and capped.over["train/sft.jsonl"] == 1

@@ -77,6 +77,17 @@ def test_tiny_dpo_run(dataset: Path, tmp_path: Path):
     write_manifest(data, generator="test", options={}, inputs=[])
     record = train(data, tmp_path / "dpo", TrainConfig(kind="dpo", **{**TINY, "steps": 1}))
     assert len(record.steps) == 1 and "rewards/margins" in record.steps[0].extra
+    # DPO from the SFT adapter: one adapter over the plain base that carries both, and both trainings' states
+    sft = tmp_path / "sft"
+    train(dataset, sft, TrainConfig(kind="sft", **{**TINY, "steps": 1}))
+    both = train(data, tmp_path / "sft-dpo", TrainConfig(kind="dpo", base=f"local:smollm2+lora={sft}",
+                                                         **{**TINY, "steps": 1}))
+    sft_record = TrainRecord.model_validate_json((sft / TRAIN_FILE).read_text())
+    assert both.base["continued_adapter"] == str(sft) and set(sft_record.train_groups) <= set(both.train_groups)
+    assert make_oracle(f"local:smollm2+lora={tmp_path / 'sft-dpo'}", max_new_tokens=4).complete(
+        good["prompt"]).error is None
+    with pytest.raises(TrainError, match="plain local model"):
+        train(dataset, tmp_path / "sft2", TrainConfig(kind="sft", base=f"local:smollm2+lora={sft}", **TINY))
     (data / "train" / "dpo.jsonl").write_text("")
     with pytest.raises(TrainError, match="changed since"):
         train(data, tmp_path / "dpo2", TrainConfig(kind="dpo", **TINY))

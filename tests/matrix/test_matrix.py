@@ -246,11 +246,60 @@ def test_a_reference_policy_is_the_perfect_row_scored_in_closed_loop_only(frozen
     clean = recount(tmp_path / "m")
     assert clean.differences == [] and clean.loop_runs_recounted == 1 and clean.rows_recounted == 1
     other_task = LoopSpec(task=str(story.runner.task_dir), runs=1, ticks=3, chaos="off")
-    for options, why in ((MatrixOptions(loop=other_task), "cannot run the loop task"),
+    for options, why in ((MatrixOptions(loop=other_task), "cannot run the loop tasks"),
                          (MatrixOptions(loop=None), "closed-loop runs only")):
         [refused] = run_matrix([spec], evalset, tmp_path / "n", options.model_copy(update={"fresh": True}),
                                generator="test").rows
         assert refused.status == "unavailable" and refused.loop is None and why in (refused.reason or "")
+
+
+# A SCRIPTED FAKE, not a model: reads a file that is not there, every tick (a PAGE_FAULT each tick, a panic
+# every third: with a budget of 3 it dies after tick 8, having run 9 ticks).
+FAKE_PAGE_FAULTS = '''
+import json
+
+def policy(call, messages):
+    return json.dumps({"thought": "t", "q_next": "q", "op": {"name": "SYS_READ", "path": "gone.txt"}})
+'''
+
+
+def test_closed_loop_columns_over_several_tasks_with_intervals_and_a_recount(frozen, tmp_path: Path):
+    story, evalset, _ = frozen
+    fake = tmp_path / "fake_page_faults.py"
+    fake.write_text(FAKE_PAGE_FAULTS)
+    other = tmp_path / "other"
+    from tests.conftest import make_task
+
+    second = make_task(other)
+    tasks = [str(story.runner.task_dir), str(second)]
+    loop = LoopSpec(task=tasks[0], tasks=tasks, runs=2, ticks=20, chaos="off")
+    report = run_matrix([f"scripted:{fake}", "expert:long-haul/ledger"], evalset, tmp_path / "m",
+                        MatrixOptions(loop=loop), generator="test")
+    fake_row, expert_row = report.rows
+    result = fake_row.loop
+    assert result is not None and len(result.run_dirs) == 4 and result.statuses == {"died": 4}
+    assert result.panics_per_100_ticks is not None
+    assert (result.panics_per_100_ticks.events, result.panics_per_100_ticks.exposure) == (12, 36)
+    assert result.panics_per_100_ticks.rate == pytest.approx(100 * 12 / 36, abs=1e-4)
+    low, high = result.panics_per_100_ticks.ci95 or (0, 0)
+    assert 15 < low < 100 * 12 / 36 < high < 60  # exact Poisson for 12 events in 36 ticks: [17.2, 58.2]
+    assert result.ticks_before_death is not None and result.ticks_before_death.n == 4
+    assert result.ticks_before_death.mean == 9 and result.ticks_before_death.ci95 == (9.0, 9.0)
+    assert result.progress is not None and result.progress.mean == 0.0  # hello.txt never written: 0 of 1 test
+    assert result.died.k == result.died.n == 4
+    # the reference policy of a task that is not among the loop tasks cannot stand in
+    assert expert_row.status == "unavailable" and "cannot run the loop tasks" in (expert_row.reason or "")
+    md = (tmp_path / "m" / "model_matrix.md").read_text()
+    assert "panics / 100 ticks" in md and "33.3 [" in md and "(n=12 in 36 ticks)" in md
+    clean = recount(tmp_path / "m")
+    assert clean.differences == [] and clean.loop_runs_recounted == 4
+    saved = MatrixReport.model_validate_json((tmp_path / "m" / "model_matrix.json").read_text())
+    loop_saved = saved.rows[0].loop
+    assert loop_saved is not None and loop_saved.ticks_before_death is not None
+    loop_saved.ticks_before_death.mean = 12.0  # a flattering edit
+    (tmp_path / "m" / "model_matrix.json").write_text(saved.model_dump_json())
+    assert ("loop.ticks_before_death.mean", 12.0, 9.0) in {(d.figure, d.stored, d.recounted)
+                                                           for d in recount(tmp_path / "m").differences}
 
 
 @pytest.mark.model

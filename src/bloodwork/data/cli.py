@@ -40,17 +40,20 @@ def dataset_build(
     size: Annotated[int | None, typer.Option(help="Cap on rows per split after the mix.")] = None,
     estimate_lengths: Annotated[bool, typer.Option(help="Count tokens at 4 chars/token even if the model "
                                                         "is installed.")] = False,
+    provenance: Annotated[list[str] | None, typer.Option(help="Keep only rows of this provenance (fnmatch "
+                                                              "pattern, repeatable): real, 'teacher:*', ...")] = None,
 ) -> None:
     """Build SFT / DPO / KTO files from real runs: golden, failure-recovery and rejected pools, mixed.
 
-    Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 15/65/20
+    Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 40/40/20
+    --holdout-task repo-fix/sqlparse-784 --holdout-task ops-blindbox/kill9
     """
     from bloodwork.data.build import BuildError, BuildOptions, build_dataset
 
     try:
         options = BuildOptions(mix=parse_mix(mix), test_fraction=test_fraction, holdout_tasks=holdout_task or [],
                                seed=seed, include_scripted=include_scripted, near_threshold=near_threshold,
-                               size=size, exact_lengths=not estimate_lengths)
+                               size=size, exact_lengths=not estimate_lengths, provenance=provenance or [])
         with progress("dataset") as bar:
             task = bar.add_task("reading runs", total=None)
 
@@ -65,15 +68,24 @@ def dataset_build(
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in stats.candidates.items())
                   + f"; removed: exact {stats.dedup.exact}, near {stats.dedup.near}, contradictory "
                   f"{stats.dedup.contradictory}, cross-split {stats.dedup.cross_split}")
+    console.print("distinct states (before -> after dedup): " + ", ".join(
+        f"{k} {d.before} -> {d.after}" for k, d in stats.distinct_states.items() if not k.startswith("input ")))
+    if stats.filtered_out:
+        console.print(f"provenance filter {stats.provenance_filter}: removed {stats.filtered_out}")
     for split, rep in stats.mix.items():
         achieved = ", ".join(f"{p} {v:.0%}" if v is not None else f"{p} -" for p, v in rep.achieved.items())
         console.print(f"{split}: {rep.total} rows ({achieved}); limited by {rep.limiting}")
+        console.print("  by provenance: " + ", ".join(f"{k} {v:.0%}" for k, v in rep.achieved_by_provenance.items()))
         if rep.total == 0:
             err_console.print(f"[yellow]warning:[/yellow] the {split} split is empty: pool {rep.limiting} has no rows "
                               "for its share; change --mix or add runs")
     console.print(f"DPO pairs: {stats.dpo.fork_pairs} from forks ({stats.dpo.fork_pairs_withheld} withheld: their "
                   f"state is also a test state), {stats.dpo.same_prompt_pairs} same-prompt; "
                   f"split leak check: {'ok' if stats.leak_check.ok else 'LEAK'}")
+    if stats.train_length is not None:
+        over = sum(stats.train_length.over.values())
+        console.print(f"train length: {stats.train_length.chosen} tokens ({stats.train_length.rule}); rows over it: "
+                      f"{over} (train_length.json)")
     console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
     if not stats.leak_check.ok:
         fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
@@ -81,41 +93,107 @@ def dataset_build(
 
 
 def fork(
-    run_dir: Annotated[Path, typer.Argument(help="The run to fork.")],
-    tick: Annotated[int, typer.Option(help="The tick whose exact context is asked again.")],
-    samples: Annotated[int, typer.Option(help="How many answers to sample.")] = 4,
+    run_dir: Annotated[Path, typer.Argument(help="The run to fork (with --all-traps: a sweep, a folder of runs or a "
+                                                 "run).")],
+    tick: Annotated[int | None, typer.Option(help="The tick whose exact context is asked again.")] = None,
+    all_traps: Annotated[bool, typer.Option("--all-traps", help="Fork every trap state (the tick after each trap) "
+                                                                "of every run under RUN_DIR; resumable.")] = False,
+    every: Annotated[int | None, typer.Option(help="With --all-traps: also every K-th tick.", min=1)] = None,
+    samples: Annotated[int, typer.Option(help="How many answers to sample (0 with --teacher: the teacher only).")]
+    = 4,
     horizon: Annotated[int, typer.Option(help="Ticks each branch runs from the fork tick on.")] = 3,
+    teacher: Annotated[list[str] | None, typer.Option(help="A teacher asked at each state: expert:TASK, an API "
+                                                           "model, or 'expert' for each run's own task's reference "
+                                                           "policy (repeatable; the one that fits the run's task "
+                                                           "answers). Kept only if it verifiably recovers.")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 0.8,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Sampling seed (each sample gets its own call seed).")] = 0,
     model: Annotated[str | None, typer.Option(help="Model spec (default: the run's own).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Fork directory (default runs/forks/<run>-t<T>).")] = None,
+    include_scripted: Annotated[bool, typer.Option(help="With --all-traps: also fork scripted, replayed and expert "
+                                                        "runs.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Fork directory (default runs/forks/<run>-t<T>, or "
+                                                  "runs/forks/<name>-all with --all-traps).")] = None,
 ) -> None:
-    """Re-ask the model K times at tick T's exact context, run each answer a few ticks, label and pair them.
+    """Re-ask the model K times at tick T's exact context, run each answer a few ticks, label and pair them;
+    with --all-traps, at every trap state of a whole sweep; with --teacher, a teacher's answer too.
 
     Example: bloodwork fork runs/sweep1/runs/<run_id> --tick 12 --samples 4 --horizon 3 --out runs/forks/f1
+
+    Example: bloodwork fork runs/sweep1 --all-traps --samples 4 --horizon 2 --teacher expert --out runs/forks/all
     """
-    from bloodwork.data.fork import ForkError, fork_run
+    from bloodwork.data.fork import ForkError
+
+    if all_traps:
+        _fork_all(run_dir, every=every, samples=samples, horizon=horizon, teachers=teacher or [],
+                  temperature=temperature, top_p=top_p, seed=seed, model=model, include_scripted=include_scripted,
+                  out=out or Path("runs/forks") / f"{run_dir.name}-all")
+        return
+    if tick is None:
+        fail("give --tick T (one state), or --all-traps (every trap state of every run)")
+    if every is not None or include_scripted:
+        fail("--every and --include-scripted apply to --all-traps only")
+    from bloodwork.data.fork import fork_run
+    from bloodwork.data.fork_all import teacher_for
 
     target = out or Path("runs/forks") / f"{run_dir.name}-t{tick}"
     try:
+        mentor = None
+        if teacher:
+            from bloodwork.chronos.run import RunManifest, RunPaths
+
+            mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teacher) if (
+                run_dir / "run.json").is_file() else teacher[0]
+            if mentor is None:
+                fail(f"no --teacher fits the task of {run_dir}")
         with progress("fork") as bar:
-            task = bar.add_task("", total=2 * samples + 1)
+            task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
 
             def on_step(message: str) -> None:
                 bar.update(task, advance=1, description=message)
 
             record = fork_run(run_dir, tick, samples, out=target, horizon=horizon, temperature=temperature,
-                              top_p=top_p, seed=seed, model=model, on_step=on_step)
+                              top_p=top_p, seed=seed, model=model, teacher=mentor, on_step=on_step)
     except (ForkError, *USER_ERRORS) as err:
         fail(one_line(err))
     except KernelCrash as err:
         fail(str(err), code=3)
     for c in record.candidates:
-        console.print(f"candidate {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
+        kept = "" if c.kept is None else ("  KEPT" if c.kept else "  not kept")
+        console.print(f"{c.source} {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
                       f"{'strict' if c.strict_ok else c.violation or 'error'}"
-                      f"{'  CONTRADICTORY' if c.contradictory else ''}")
+                      f"{'  CONTRADICTORY' if c.contradictory else ''}{kept}")
     console.print(f"{len(record.pairs)} pairs, {len(record.refused)} refused; {target / 'fork.json'}")
+
+
+def _fork_all(inputs: Path, *, every: int | None, samples: int, horizon: int, teachers: list[str],
+              temperature: float, top_p: float, seed: int, model: str | None, include_scripted: bool,
+              out: Path) -> None:
+    from bloodwork.data.fork import ForkError
+    from bloodwork.data.fork_all import INDEX_FILE, fork_all
+
+    if not inputs.exists():
+        fail(f"{inputs} does not exist")
+    try:
+        with progress("fork --all-traps", transient=False) as bar:
+            task = bar.add_task("finding trap states", total=None)
+
+            def on_progress(done: int, total: int, message: str) -> None:
+                bar.update(task, completed=done, total=total, description=message[:90])
+
+            index = fork_all([inputs], out, samples=samples, horizon=horizon, every=every, teachers=teachers,
+                             temperature=temperature, top_p=top_p, seed=seed, model=model,
+                             include_scripted=include_scripted, on_progress=on_progress)
+    except (ForkError, *USER_ERRORS) as err:
+        fail(one_line(err))
+    t = index.totals
+    console.print(f"{index.runs} runs, {t.get('states', 0)} states: {t.get('forked', 0)} forked, "
+                  f"{t.get('failed', 0)} failed; {t.get('pairs', 0)} pairs; teacher kept "
+                  f"{t.get('teacher_kept', 0)}/{t.get('teacher_asked', 0)}"
+                  + (f"; runs skipped: {index.runs_skipped}" if index.runs_skipped else ""))
+    for s in [s for s in index.states if s.status == "failed"][:10]:
+        err_console.print(f"[yellow]{s.run_id} t{s.tick}:[/yellow] {s.error}")
+    console.print(f"index: {out / INDEX_FILE}; rerun the same command to resume")
 
 
 def train(
@@ -130,7 +208,9 @@ def train(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 30,
     batch: Annotated[int, typer.Option(help="Rows per step per device.")] = 4,
     grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    max_length: Annotated[int, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut.")] = 2048,
+    max_length: Annotated[int | None, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut "
+                                                   "[default: the dataset's train_length.json, measured by dataset "
+                                                   "build; else 2048].", show_default=False)] = None,
     beta: Annotated[float, typer.Option(help="DPO beta.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch.")] = 2,

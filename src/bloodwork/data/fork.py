@@ -18,6 +18,12 @@
    progressed at T and then panicked within the horizon has a contradictory label, as does an op
    labelled both ways across branches; such candidates are refused, never paired.
 
+With `teacher=SPEC` (an `expert:TASK` reference policy, or an API model) the teacher is asked too, at the
+same prompt and with the rebuilt run's workspace (`CallInfo.workspace`); its answer is one more branch, run
+for one tick only, and it is *kept* only if it verifiably recovers or progresses (see `teacher.verdict`).
+Its candidate carries `provenance: teacher:<spec>`; a teacher answer that is not kept is neutral, never a
+rejected row, and a kept one never counts as the student's behaviour.
+
 Rebuilt and branched runs are tagged `replay` (their prefix is replayed) and live under the fork
 directory; dataset builds skip them and read `fork.json` instead.
 """
@@ -39,6 +45,7 @@ from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import Event, canonical_json, read_events
 from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
+from bloodwork.data.teacher import judge_teacher, teacher_options
 from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
@@ -68,6 +75,9 @@ class ForkError(ValueError):
 
 class Candidate(BaseModel):
     index: int
+    source: Literal["student", "teacher"] = "student"
+    provenance: str = Field(default="", description="the fork's provenance for a student sample, "
+                                                    "teacher:<spec> for the teacher's answer")
     text: str
     error: str | None = None
     latency_ms: float
@@ -84,6 +94,10 @@ class Candidate(BaseModel):
     polarity: Polarity = "neutral"
     contradictory: bool = False
     evidence: list[str] = Field(default_factory=list)
+    kept: bool | None = Field(default=None, description="teacher only: it verifiably recovered or progressed")
+    score_before: float | None = Field(default=None, description="teacher only: the verifier's partial score at "
+                                                                 "the fork state (the rebuilt run's)")
+    score_after: float | None = Field(default=None, description="teacher only: ... after its action (its branch's)")
 
 
 class Pair(BaseModel):
@@ -109,6 +123,7 @@ class ForkRecord(BaseModel):
     tick: int
     provenance: str
     model: str
+    teacher: str | None = None
     sampling: dict[str, Any]
     horizon: int
     prompt: Messages
@@ -277,10 +292,12 @@ def make_pairs(candidates: list[Candidate]) -> tuple[list[Pair], list[Refusal]]:
     return pairs, refused
 
 
-def _candidate(index: int, done: Completion) -> Candidate:
+def _candidate(index: int, done: Completion, provenance: str, source: Literal["student", "teacher"] = "student"
+               ) -> Candidate:
     verdict = parse(done.text) if done.error is None else None
     frame = verdict.frame if verdict else None
-    return Candidate(index=index, text=done.text, error=done.error, latency_ms=round(done.latency_ms, 3),
+    return Candidate(index=index, source=source, provenance=provenance, text=done.text, error=done.error,
+                     latency_ms=round(done.latency_ms, 3),
                      strict_ok=bool(verdict and verdict.strict_ok), lenient_ok=bool(verdict and verdict.lenient_ok),
                      violation=verdict.violation if verdict else None, op=frame.op.name if frame else None,
                      fingerprint=fingerprint(frame.op.model_dump(mode="json")) if frame else None)
@@ -311,16 +328,16 @@ def _branch(cand: Candidate, done: Completion, base: Path, out: Path, continuati
 
 
 def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int = 3, temperature: float = 0.8,
-             top_p: float = 0.95, seed: int = 0, model: str | None = None,
-             on_step: Callable[[str], None] | None = None) -> ForkRecord:
+             top_p: float = 0.95, seed: int = 0, model: str | None = None, teacher: str | None = None,
+             on_step: Callable[[str], None] | None = None, command_line: list[str] | None = None) -> ForkRecord:
     paths = RunPaths(run_dir)
     if not paths.manifest.is_file():
         raise ForkError(f"{run_dir} is not a run directory (no run.json)")
     m = RunManifest.load(paths)
     if not 0 <= tick < m.ticks:
         raise ForkError(f"run {m.run_id} has ticks 0..{m.ticks - 1}; tick {tick} cannot be forked")
-    if samples < 2 or horizon < 1 or temperature <= 0:
-        raise ForkError("a fork needs --samples >= 2, --horizon >= 1 and --temperature > 0")
+    if (samples < 2 and teacher is None) or samples < 0 or horizon < 1 or (samples and temperature <= 0):
+        raise ForkError("a fork needs --samples >= 2 (or >= 0 with --teacher), --horizon >= 1 and --temperature > 0")
     if out.exists() and any(out.iterdir()):
         raise ForkError(f"{out} exists already; choose another --out")
     step = on_step or (lambda _msg: None)
@@ -329,31 +346,47 @@ def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int 
     spec = model or m.model
     options = {**(m.oracle.get("options", {}) if spec == m.model else {}), "seed": seed}
     sampling = {"temperature": temperature, "top_p": top_p, "seed": seed}
+    # Built before anything is written: a spec that cannot be built is a user mistake, not a half fork.
     sampler = make_oracle(spec, **{**options, "temperature": temperature, "top_p": top_p})
     continuation = make_oracle(spec, **{**options, "temperature": 0.0})
+    mentor = make_oracle(teacher, **teacher_options(teacher)) if teacher else None
     try:
         step("rebuilding the run to the fork tick")  # first: a run that does not replay costs no model call
         out.mkdir(parents=True, exist_ok=True)
         base, compared = rebuild(run_dir, tick, continuation.tokenizer, out / "base")
         schema = json_schema()
-        step(f"sampling {samples} candidates")
         calls = [CallInfo(m.run_id, tick, k, purpose="fork") for k in range(samples)]
-        completions = complete_many(sampler, prompt, schema, calls)  # one batch on a local model
-        candidates = [_candidate(k, c) for k, c in enumerate(completions)]
+        if calls:
+            step(f"sampling {samples} candidates")
+        completions = complete_many(sampler, prompt, schema, calls) if calls else []  # one batch on a local model
+        candidates = [_candidate(k, c, sampler.provenance) for k, c in enumerate(completions)]
         for cand, done in zip(candidates, completions, strict=True):
             step(f"branch {cand.index + 1}/{samples}")
             _branch(cand, done, base, out, continuation, tick=tick, horizon=horizon, prompt=prompt)
+        if mentor is not None:
+            step(f"asking the teacher {teacher}")
+            # The teacher sees the state as the student did, and the rebuilt run's workspace (a copy: the base
+            # is never run again), so a reference policy can read the files it reasons about.
+            done = mentor.complete(prompt, schema, call=CallInfo(m.run_id, tick, samples, purpose="fork",
+                                                                 workspace=RunPaths(base).workspace))
+            cand = _candidate(samples, done, f"teacher:{teacher}", "teacher")
+            step("running the teacher's answer in a copy of the workspace")
+            _branch(cand, done, base, out, continuation, tick=tick, horizon=1, prompt=prompt)
+            judge_teacher(cand, base, tick)
+            candidates.append(cand)
     finally:
         sampler.close()
         continuation.close()
+        if mentor is not None:
+            mentor.close()
     pairs, refused = make_pairs(candidates)
     fork_id = hashlib.sha256(f"{m.run_id}|{tick}|{spec}|{sampling}|{time.time()}".encode()).hexdigest()[:16]
     record = ForkRecord(fork_id=fork_id, source_run=str(run_dir), run_id=m.run_id,
                         group=m.replay_of or m.run_id, task=m.task, tick=tick, provenance=sampler.provenance,
-                        model=spec, sampling={**sampling, "options": options}, horizon=horizon, prompt=prompt,
-                        prompt_sha256=sha, base_dir=str(base), replay_events_checked=compared, candidates=candidates,
-                        pairs=pairs, refused=refused, created_at=now_iso(),
-                        command_line=["bloodwork", "fork", str(run_dir), "--tick", str(tick), "--samples",
-                                      str(samples)])
+                        model=spec, teacher=teacher, sampling={**sampling, "options": options}, horizon=horizon,
+                        prompt=prompt, prompt_sha256=sha, base_dir=str(base), replay_events_checked=compared,
+                        candidates=candidates, pairs=pairs, refused=refused, created_at=now_iso(),
+                        command_line=command_line or ["bloodwork", "fork", str(run_dir), "--tick", str(tick),
+                                                      "--samples", str(samples)])
     (out / FORK_FILE).write_text(record.model_dump_json(indent=2))
     return record

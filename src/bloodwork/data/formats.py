@@ -23,6 +23,7 @@ SplitName = Literal["train", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "test")
 FILE_KINDS = ("sft", "dpo", "kto")
 STATS_FILE = "failure_recovery_dataset_stats.json"
+TRAIN_LENGTH_FILE = "train_length.json"
 SPLITS_FILE = "splits.json"
 MANIFEST_FILE = "manifest.json"
 
@@ -55,6 +56,9 @@ class RowMeta(BaseModel):
     op: str = Field(description="op name of the completion, '' if it has none")
     traps: str = Field(description="comma-joined trap kinds ('' if none)")
     detail: str = ""
+    temperature: float = Field(default=0.0, description="sampling temperature of the answer (0 = greedy)")
+    kind: str = Field(default="run", description="run (a run's tick), fork (a student sample at a forked "
+                                                  "state) or teacher (a kept teacher relabel)")
 
 
 class SftRow(BaseModel):
@@ -89,6 +93,8 @@ class DpoMeta(BaseModel):
     rejected_label: str
     chosen_op: str
     rejected_op: str
+    chosen_provenance: str = ""
+    rejected_provenance: str = ""
 
 
 class DpoRow(BaseModel):
@@ -115,6 +121,12 @@ class MixReport(BaseModel):
     achieved: dict[str, float | None]
     limiting: str | None = Field(description="the pool (or 'size cap') that bounded the total")
     total: int
+    available_by_provenance: dict[str, dict[str, int]] = Field(default_factory=dict,
+                                                               description="pool -> provenance -> rows before the mix")
+    selected_by_provenance: dict[str, dict[str, int]] = Field(default_factory=dict,
+                                                              description="pool -> provenance -> rows the mix kept")
+    achieved_by_provenance: dict[str, float] = Field(default_factory=dict,
+                                                     description="provenance -> share of the selected rows")
 
 
 class DedupCounts(BaseModel):
@@ -146,6 +158,27 @@ class DpoStats(BaseModel):
     refused: dict[str, int] = Field(default_factory=dict, description="fork refusals by reason")
 
 
+class DistinctStates(BaseModel):
+    """Distinct states (exact prompts) a source gave: as mined, and in the pools after dedup and the split."""
+
+    before: int
+    after: int
+    rows_before: int
+    rows_after: int
+
+
+class TrainLength(BaseModel):
+    """The default `train --max-length`, chosen from the measured lengths of the train split's rows."""
+
+    counter: str
+    rows: int
+    total_tokens: Distribution
+    prompt_tokens: Distribution
+    chosen: int
+    rule: str
+    over: dict[str, int] = Field(description="file -> rows longer than `chosen` (what training would drop)")
+
+
 class DatasetStats(BaseModel):
     generator: str
     inputs: list[str]
@@ -167,6 +200,17 @@ class DatasetStats(BaseModel):
     files: dict[str, int] = Field(description="file -> rows (a file with no rows is not written)")
     token_lengths: TokenLengths
     leak_check: LeakReport
+    provenance_filter: list[str] = Field(default_factory=list, description="fnmatch patterns rows had to match")
+    filtered_out: dict[str, int] = Field(default_factory=dict, description="provenance -> rows the filter removed")
+    distinct_states: dict[str, DistinctStates] = Field(default_factory=dict,
+                                                       description="source kind (run, fork, teacher) and input "
+                                                                   "path -> distinct states before/after dedup")
+    by_pool_provenance: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict, description="split -> pool -> provenance -> rows selected by the mix")
+    by_temperature: dict[str, int] = Field(default_factory=dict, description="sampling temperature -> rows selected")
+    holdout: dict[str, list[str]] = Field(default_factory=dict, description="held-out tasks by family (their runs "
+                                                                            "are test only)")
+    train_length: TrainLength | None = None
 
 
 class FileEntry(BaseModel):

@@ -69,6 +69,9 @@ class Example:
     traps: list[str]
     detail: str
     window_complete: bool = True
+    temperature: float = 0.0
+    kind: str = "run"  # where the row comes from: run (a tick), fork (a student sample), teacher (a kept relabel)
+    variant: str = ""  # "" for a run's tick; FORK_ID/kCANDIDATE for a fork's candidates (one tick, many answers)
     prompt_sha: str = field(init=False)
     completion_sha: str = field(init=False)
 
@@ -78,7 +81,8 @@ class Example:
 
     @property
     def row_id(self) -> str:
-        return hashlib.sha256(f"{self.run_id}|{self.tick}|{self.pool}".encode()).hexdigest()[:16]
+        variant = f"|{self.variant}" if self.variant else ""
+        return hashlib.sha256(f"{self.run_id}|{self.tick}|{self.pool}{variant}".encode()).hexdigest()[:16]
 
     @property
     def positive(self) -> bool:
@@ -105,6 +109,13 @@ class RunView:
     @property
     def provenance(self) -> str:
         return self.manifest.provenance.value
+
+    @property
+    def temperature(self) -> float:
+        """The run's sampling temperature (its oracle's options, else what the oracle described; 0 = greedy)."""
+        oracle = self.manifest.oracle
+        value = (oracle.get("options") or {}).get("temperature", oracle.get("temperature", 0.0))
+        return float(value) if isinstance(value, int | float) else 0.0
 
     def _ticks(self) -> dict[int, TickView]:
         calls = {r["call_index"]: r for r in read_jsonl(self.paths.dirty) if r.get("purpose", "tick") == "tick"}
@@ -193,4 +204,5 @@ class RunView:
             traps, detail = [], "halt accepted" if t.halted else ""
         return Example(pool=pool, run_id=m.run_id, group=self.group, task=m.task, tick=t.tick,
                        provenance=self.provenance, model=m.model, source=self.source, prompt=prompt,
-                       completion=t.text or "", op=t.op, traps=traps, detail=detail, window_complete=window_complete)
+                       completion=t.text or "", op=t.op, traps=traps, detail=detail, window_complete=window_complete,
+                       temperature=self.temperature)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bloodwork.chronos.files import atomic_write, sha256_file
 from bloodwork.chronos.run import now_iso, versions
-from bloodwork.data.formats import MANIFEST_FILE, DatasetManifest, prompt_sha256
+from bloodwork.data.formats import MANIFEST_FILE, TRAIN_LENGTH_FILE, DatasetManifest, TrainLength, prompt_sha256
 from bloodwork.evidence.stats import distribution
 from bloodwork.oracles.base import OracleConfigError
 
@@ -73,7 +73,8 @@ class TrainConfig(BaseModel):
     steps: int = Field(default=30, ge=1)
     batch: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    max_length: int = Field(default=2048, ge=64)
+    max_length: int | None = Field(default=None, ge=64, description="default: the dataset's measured "
+                                   "train_length.json (else 2048); rows longer are dropped, never cut")
     beta: float = Field(default=0.1, gt=0, description="DPO only")
     seed: int = 0
     threads: int = Field(default=2, ge=1)
@@ -110,13 +111,19 @@ class TrainRecord(BaseModel):
     adapter_files: dict[str, str]
 
 
-def check_base(spec: str) -> None:
+def check_base(spec: str, kind: Kind = "sft") -> Path | None:
+    """The adapter a DPO run continues from (`local:smollm2+lora=SFT`), None for the plain base model."""
     from bloodwork.oracles.local import parse_spec
 
     scheme, _, rest = spec.partition(":")
-    parsed = parse_spec(spec, rest) if scheme == "local" else None
-    if parsed is None or parsed.constrained or parsed.adapter is not None:
-        raise TrainError(f"--base must be a plain local model (local:smollm2), not {spec!r}")
+    try:
+        parsed = parse_spec(spec, rest) if scheme == "local" else None
+    except OracleConfigError as err:
+        raise TrainError(str(err)) from err
+    if parsed is None or parsed.constrained or (parsed.adapter is not None and kind != "dpo"):
+        raise TrainError(f"--base must be a plain local model (local:smollm2), or for dpo local:smollm2+lora=SFT, "
+                         f"not {spec!r}")
+    return parsed.adapter
 
 
 def _data_file(data_dir: Path, kind: Kind) -> tuple[Path, DatasetManifest]:
@@ -186,8 +193,28 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def _start_model(base: Any, adapter: Path | None, threads: int) -> tuple[Any, Any]:
+    """(model to train, DPO reference). From the plain base: a copy, reference None (TRL then uses the model with
+    its new adapter disabled, i.e. the base). From an SFT adapter: that very adapter, trainable, on a copy of the
+    base, so the result is one adapter over the plain base (SFT then DPO) that loads as local:smollm2+lora=OUT;
+    the reference is the SFT model itself (merged), as DPO expects."""
+    if adapter is None:
+        return copy.deepcopy(base), None
+    from peft import PeftModel
+
+    from bloodwork.oracles.local import load_model
+
+    try:
+        model = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter), is_trainable=True)
+        reference = copy.deepcopy(load_model(adapter, threads).model)
+    except (OSError, ValueError, RuntimeError, KeyError, OracleConfigError) as err:
+        raise TrainError(f"cannot start from the adapter {adapter}: {str(err).splitlines()[0]}") from err
+    reference.eval()
+    return model, reference
+
+
 def _trainer(kind: Kind, cfg: TrainConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]], workdir: Path,
-             callback: Any, cuda: bool) -> Any:
+             callback: Any, cuda: bool, ref_model: Any = None) -> Any:
     import datasets
     from datasets import Dataset
     from peft import LoraConfig
@@ -208,18 +235,27 @@ def _trainer(kind: Kind, cfg: TrainConfig, model: Any, tokenizer: Any, rows: lis
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, assistant_only_loss=True), train_dataset=data,
                              processing_class=tokenizer, peft_config=lora, callbacks=[callback])
     else:
-        trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**common, beta=cfg.beta), train_dataset=data,
-                             processing_class=tokenizer, peft_config=lora, callbacks=[callback])
+        # Continuing an SFT adapter: the model is a PeftModel already, and gets no second LoRA.
+        trainer = DPOTrainer(model=model, ref_model=ref_model, args=DPOConfig(**common, beta=cfg.beta),
+                             train_dataset=data, processing_class=tokenizer,
+                             peft_config=lora if ref_model is None else None, callbacks=[callback])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     return trainer
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
           on_step: Callable[[int, float | None], None] | None = None) -> TrainRecord:
-    check_base(cfg.base)
+    start_adapter = check_base(cfg.base, cfg.kind)
     if out.exists() and any(out.iterdir()):
         raise TrainError(f"{out} exists already; choose another --out")
     path, manifest = _data_file(data_dir, cfg.kind)
+    length_from = "--max-length"
+    if cfg.max_length is None:
+        measured = data_dir / TRAIN_LENGTH_FILE
+        chosen = TrainLength.model_validate_json(measured.read_text()).chosen if measured.is_file() else None
+        length_from = f"{TRAIN_LENGTH_FILE} (measured by dataset build)" if chosen else "default 2048 (no measurement)"
+        cfg = cfg.model_copy(update={"max_length": chosen or 2048})
+    assert cfg.max_length is not None
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
@@ -235,7 +271,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
     rows, metas, dropped = _rows(path, cfg.kind, tokenizer, cfg.max_length)
     if not rows:
         raise TrainError(f"every row of {path} is longer than --max-length {cfg.max_length} tokens")
-    model = copy.deepcopy(loaded.model)
+    model, ref_model = _start_model(loaded.model, start_adapter, cfg.threads)
     model.train()
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)"
@@ -245,7 +281,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
     started, t0 = now_iso(), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".trainer-", dir=out) as workdir:
-        trainer = _trainer(cfg.kind, cfg, model, tokenizer, rows, Path(workdir), _callback(steps, on_step), cuda)
+        trainer = _trainer(cfg.kind, cfg, model, tokenizer, rows, Path(workdir), _callback(steps, on_step), cuda,
+                           ref_model=ref_model)
         torch.manual_seed(cfg.seed)
         trainer.train()
         trainer.model.save_pretrained(str(out))
@@ -256,17 +293,27 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
     spread = distribution(per_step)
     (out / LOSS_JSON).write_text(json.dumps([s.model_dump() for s in steps], indent=1))
     plot_loss(steps, out / LOSS_PNG, title=f"{cfg.kind.upper()} LoRA r={cfg.rank} on {path.parent.parent.name}")
-    groups = sorted({g for m in metas for g in (m.get("group"), m.get("run_id")) if g})
+    groups = {g for m in metas for g in (m.get("group"), m.get("run_id")) if g}
+    prompts = {prompt_sha256(m["prompt"]) for m in metas}
+    if start_adapter is not None and (start_adapter / TRAIN_FILE).is_file():
+        # The adapter carries what it was trained on before: a matrix must keep those states out too.
+        earlier = TrainRecord.model_validate_json((start_adapter / TRAIN_FILE).read_text())
+        groups |= set(earlier.train_groups)
+        prompts |= set(earlier.train_prompt_sha256)
     record = TrainRecord(
         config=cfg, learning_rate=cfg.learning_rate,
         base={"spec": cfg.base, "weights": GGUF_NAME, "gguf_sha256": loaded.gguf_sha256,
-              "model": "SmolLM2-135M-Instruct"},
+              "model": "SmolLM2-135M-Instruct",
+              **({"continued_adapter": str(start_adapter), "continued_adapter_sha256": {
+                  p.name: sha256_file(p) for p in sorted(start_adapter.iterdir()) if p.is_file()}}
+                 if start_adapter else {})},
         data={"dir": str(data_dir.resolve()), "file": str(path.resolve()), "file_sha256": sha256_file(path),
               "manifest_sha256": sha256_file(data_dir / MANIFEST_FILE), "dataset_created_at": manifest.created_at,
-              "rows": len(rows) + dropped, "rows_used": len(rows), "dropped_too_long": dropped},
+              "rows": len(rows) + dropped, "rows_used": len(rows), "dropped_too_long": dropped,
+              "max_length": cfg.max_length, "max_length_from": length_from},
         device=device, versions=versions(), started_at=started, duration_s=round(duration, 3),
         seconds_per_step={"mean": spread.mean, "p50": spread.p50, "p95": spread.p95, "max": spread.max},
-        steps=steps, train_groups=groups, train_prompt_sha256=sorted({prompt_sha256(m["prompt"]) for m in metas}),
+        steps=steps, train_groups=sorted(groups), train_prompt_sha256=sorted(prompts),
         adapter_files={})
     write_card(out, record)
     record.adapter_files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}

@@ -38,8 +38,10 @@ def matrix(
     out: Annotated[Path, typer.Option(help="Folder for model_matrix.json/.md/.png, answers and loop runs.")]
     = Path("runs/matrix"),
     max_new_tokens: Annotated[int, typer.Option(help="Token cap per answer, every model alike.")] = 96,
-    loop_task: Annotated[str, typer.Option(help="Task of the closed-loop runs.")] = "long-haul/ledger",
-    loop_runs: Annotated[int, typer.Option(help="Closed-loop chaos runs per model (0 = none).")] = 2,
+    loop_task: Annotated[list[str] | None, typer.Option(help="Task of the closed-loop runs (repeatable: the held-out "
+                                                             "tasks) [default: long-haul/ledger].",
+                                                        show_default=False)] = None,
+    loop_runs: Annotated[int, typer.Option(help="Closed-loop chaos runs per model and loop task (0 = none).")] = 2,
     loop_ticks: Annotated[int, typer.Option(help="Ticks per closed-loop run.")] = 12,
     loop_chaos: Annotated[str, typer.Option(help="Chaos of the closed-loop runs (profile or KIND=RATE,...).")]
     = "default",
@@ -53,6 +55,11 @@ def matrix(
     a few times under chaos. Rows of models that cannot run stay, with the reason.
 
     Example: bloodwork matrix --models local:smollm2,openai:local:smollm2 --eval-set runs/eval.jsonl --out runs/m1
+
+    Example (a fine-tuned row in-process and served by bloodwork serve through the OpenAI client, closed loops on
+    two held-out tasks): bloodwork matrix --models "local:smollm2;local:smollm2+lora=runs/sft;served:local:smollm2
+    +lora=runs/sft" --eval-set runs/eval.jsonl --loop-task repo-fix/sqlparse-784 --loop-task ops-blindbox/kill9
+    --loop-runs 8 --loop-ticks 40 --out runs/m2
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -62,15 +69,18 @@ def matrix(
     from bloodwork.matrix.run import MatrixOptions, run_matrix
 
     specs = csv(models)
+    loop_tasks = loop_task or ["long-haul/ledger"]
     try:
-        loop = LoopSpec(task=loop_task, runs=loop_runs, ticks=loop_ticks, chaos=loop_chaos, panic_budget=panic_budget)
+        loop = LoopSpec(task=loop_tasks[0], tasks=loop_tasks if len(loop_tasks) > 1 else [], runs=loop_runs,
+                        ticks=loop_ticks, chaos=loop_chaos, panic_budget=panic_budget)
         options = MatrixOptions(max_new_tokens=max_new_tokens, loop=loop if loop_runs > 0 else None,
                                 labels=_labels(label or [], specs), allow_mixed=allow_mixed, fresh=fresh)
         if loop_runs > 0:
             from bloodwork.sweep import chaos_profile
             from bloodwork.tasks.registry import load_task
 
-            load_task(loop_task)
+            for name in loop_tasks:
+                load_task(name)
             chaos_profile(loop_chaos)
         with progress("matrix") as bar:
             task = bar.add_task("", total=None)

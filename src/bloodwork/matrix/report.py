@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bloodwork.evidence.stats import Rate
+from bloodwork.evidence.stats import MeanCI, Rate, RateCI
 from bloodwork.matrix.evalset import EvalSetMeta
 from bloodwork.matrix.loop import LoopResult
 from bloodwork.matrix.score import Scores
@@ -100,6 +100,27 @@ def _num(v: float | None, fmt: str = "{:.0f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _ci(m: MeanCI | RateCI | None, fmt: str = "{:.1f}") -> str:
+    """A mean or a rate with its 95 % interval and n: `4.2 [1.0, 7.4] (n=8)`."""
+    if m is None:
+        return "—"
+    value = m.mean if isinstance(m, MeanCI) else m.rate
+    n = m.n if isinstance(m, MeanCI) else f"{m.events} in {m.exposure} ticks"
+    if value is None:
+        return f"— (n={n})"
+    ci = f" [{fmt.format(m.ci95[0])}, {fmt.format(m.ci95[1])}]" if m.ci95 else ""
+    return f"{fmt.format(value)}{ci} (n={n})"
+
+
+def loop_cells(loop: LoopResult | None) -> str:
+    """The closed-loop columns: completed | died | panics/100 ticks | ticks before death | verified progress |
+    MTTR p50 ticks."""
+    if loop is None:
+        return "— | — | — | — | — | — |"
+    return (f"{_rate(loop.completed)} | {_rate(loop.died)} | {_ci(loop.panics_per_100_ticks)} | "
+            f"{_ci(loop.ticks_before_death)} | {_ci(loop.progress, '{:.2f}')} | {_num(loop.mttr_ticks.p50)} |")
+
+
 def render_markdown(m: MatrixReport) -> str:
     e = m.eval_set
     lines = [f"# Model matrix ({e.rows} frozen states)", "",
@@ -110,19 +131,22 @@ def render_markdown(m: MatrixReport) -> str:
              "answered calls with Wilson 95 % intervals; latency is per call, from the call's start (queueing and "
              "prefill are in the TTFT); decode tok/s counts the tokens after the first over the time after the first. "
              "Every figure can be recounted from the raw files: `bloodwork matrix recount DIR`.", "",
+             "Closed loop: K runs per task under chaos (spec in the row notes); panics per 100 ticks with an exact "
+             "Poisson interval, ticks before death over the runs that died and verified progress (the final "
+             "verifier's partial score, 0..1: share of hidden tests passing, repo-fix stage, ops verdict) with "
+             "Student-t intervals, completed and died with Wilson intervals.", "",
              "| model | provenance | strict valid | lenient valid | op agrees (name) | op agrees (exact) | "
              "latency p50 / p95 / mean ms | TTFT p50 ms | decode tok/s p50 | errors | loop: completed | died | "
-             "panics mean | MTTR p50 ticks |", "|" + "---|" * 14]
+             "panics / 100 ticks | ticks before death | verified progress | MTTR p50 ticks |", "|" + "---|" * 16]
     for r in m.rows:
         mark = "" if r.comparable else " †"
         loop = r.loop
-        loop_cells = (f"{_rate(loop.completed)} | {_rate(loop.died)} | {_num(loop.panics.mean, '{:.1f}')} | "
-                      f"{_num(loop.mttr_ticks.p50)} |" if loop else "— | — | — | — |")
+        cells = loop_cells(loop)
         if r.status != "ok" or (r.scores is None and loop is None):
-            lines.append(f"| {r.label}{mark} | {r.provenance or '—'} | {r.status}: {r.reason} |" + " |" * 11)
+            lines.append(f"| {r.label}{mark} | {r.provenance or '—'} | {r.status}: {r.reason} |" + " |" * 13)
             continue
         if r.scores is None:  # a reference policy: closed-loop runs only
-            lines.append(f"| {r.label}{mark} | {r.provenance} | {r.reason} |" + " |" * 7 + f" {loop_cells}")
+            lines.append(f"| {r.label}{mark} | {r.provenance} | {r.reason} |" + " |" * 7 + f" {cells}")
             continue
         s = r.scores
         lat = s.latency_ms
@@ -131,7 +155,7 @@ def render_markdown(m: MatrixReport) -> str:
             f"{_rate(s.op_name_agreement)} | {_rate(s.op_exact_agreement)} | {_num(lat.p50)} / {_num(lat.p95)} / "
             f"{_num(lat.mean)} (n={lat.n}) | {_num(s.ttft_ms.p50)} | "
             f"{_num(s.decode_tokens_per_s.p50 if s.decode_tokens_per_s else None, '{:.1f}')} | "
-            f"{_rate(s.errors)} | {loop_cells}")
+            f"{_rate(s.errors)} | {cells}")
     lines += ["", "## Rows", ""]
     for r in m.rows:
         if r.status == "unavailable":
@@ -144,8 +168,9 @@ def render_markdown(m: MatrixReport) -> str:
                      f"{f', load average {load}' if load else ''}); decoding {r.decoding}; "
                      f"{r.states_scored} states scored, {r.states_excluded} excluded{note}"
                      + (f"; violations {r.scores.violation_classes}" if r.scores else "")
-                     + (f"; loop {r.loop.spec.runs} runs of {r.loop.spec.task} under chaos {r.loop.spec.chaos}, "
-                        f"{r.loop.spec.ticks} ticks: {r.loop.statuses}" if r.loop else "")
+                     + (f"; loop {r.loop.spec.runs} runs of each of {', '.join(r.loop.spec.all_tasks())} under "
+                        f"chaos {r.loop.spec.chaos}, {r.loop.spec.ticks} ticks: {r.loop.statuses}; final stages "
+                        f"{r.loop.stages}" if r.loop else "")
                      + ("" if r.comparable else f"; **not comparable**: different {', '.join(r.mismatch)}")
                      + (f"; made by `{r.generator}`" if r.generator else ""))
     if any(not r.comparable for r in m.rows):

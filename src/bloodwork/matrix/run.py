@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.registry import load_task
 
 API_SCHEMES = ("openai", "gemini", "kimi")
+# `served:local:...`: the local model behind `bloodwork serve` (started by the matrix on loopback for the row),
+# asked through the OpenAI client: the API path end to end, with no key.
+SERVED = "served:"
 
 
 class MatrixOptions(BaseModel):
@@ -63,11 +67,15 @@ def oracle_options(spec: str, max_new_tokens: int) -> dict[str, Any]:
 
 
 def adapter_of(spec: str) -> Path | None:
+    spec = spec.removeprefix(SERVED)
     _, sep, path = spec.partition("+lora=")
     return Path(path).expanduser() if sep and spec.startswith("local:") else None
 
 
 def default_label(spec: str, described: dict[str, Any] | None, provenance: str | None) -> str:
+    if spec.startswith(SERVED):
+        inner = default_label(spec.removeprefix(SERVED), None, provenance)
+        return f"{inner}, served by bloodwork serve via the OpenAI client at {(described or {}).get('base_url')}"
     if provenance == "scripted":
         return f"{spec} (scripted fake, not a model)"
     if provenance == "expert":
@@ -103,13 +111,35 @@ def exclusions(specs: list[str], states: list[EvalState]) -> tuple[set[str], dic
     return excluded, notes
 
 
+def _make(spec: str, max_new_tokens: int, stack: ExitStack) -> Any:
+    """The row's oracle; for `served:SPEC`, first a `bloodwork serve` of SPEC on loopback (closed by `stack`)."""
+    if not spec.startswith(SERVED):
+        return make_oracle(spec, **oracle_options(spec, max_new_tokens))
+    from bloodwork.oracles.serve import ModelServer, ServeError
+
+    inner = spec.removeprefix(SERVED)
+    try:
+        server = stack.enter_context(ModelServer(inner, max_new_tokens=max_new_tokens))  # serves from a thread
+    except ServeError as err:
+        raise OracleConfigError(f"{spec}: {err}") from err
+    oracle = make_oracle(f"openai:{inner}", base_url=server.url, **oracle_options("openai:", max_new_tokens))
+    oracle.spec = spec
+    return oracle
+
+
 def _row(spec: str, states: list[EvalState], out: Path, options: MatrixOptions, common: dict[str, Any],
          on_tick: Callable[[], None]) -> ModelRow:
-    try:
-        oracle = make_oracle(spec, **oracle_options(spec, options.max_new_tokens))
-    except OracleConfigError as err:
-        return ModelRow(spec=spec, label=options.labels.get(spec) or default_label(spec, None, None), provenance=None,
-                        status="unavailable", reason=str(err), **common)
+    with ExitStack() as stack:
+        try:
+            oracle = _make(spec, options.max_new_tokens, stack)
+        except OracleConfigError as err:
+            return ModelRow(spec=spec, label=options.labels.get(spec) or default_label(spec, None, None),
+                            provenance=None, status="unavailable", reason=str(err), **common)
+        return _scored_row(oracle, spec, states, out, options, common, on_tick)
+
+
+def _scored_row(oracle: Any, spec: str, states: list[EvalState], out: Path, options: MatrixOptions,
+                common: dict[str, Any], on_tick: Callable[[], None]) -> ModelRow:
     try:
         described = oracle.describe()
         row = ModelRow(spec=spec, label=options.labels.get(spec) or default_label(spec, described, oracle.provenance),
@@ -154,12 +184,14 @@ def _reference_row(oracle: ExpertOracle, row: ModelRow, options: MatrixOptions, 
     if loop is None or loop.runs <= 0:
         return row.model_copy(update={"status": "unavailable", "reason": "a reference policy is scored in "
                                       "closed-loop runs only (it reads the live workspace); give --loop-runs > 0"})
-    if load_task(loop.task).id != oracle.task_id:
+    own = [t for t in loop.all_tasks() if load_task(t).id == oracle.task_id]
+    if not own:
         return row.model_copy(update={"status": "unavailable", "reason": f"the reference policy of {oracle.task_id} "
-                                      f"cannot run the loop task {loop.task}"})
-    row.reason = "reference policy, not a model: closed-loop runs only (frozen states carry no workspace)"
-    row.loop = closed_loop(oracle, loop, out / "loop" / f"{slug(row.spec)}-{time.strftime('%Y%m%d-%H%M%S')}",
-                           on_run=on_tick)
+                                      f"cannot run the loop tasks {', '.join(loop.all_tasks())}"})
+    row.reason = ("reference policy, not a model: closed-loop runs only (frozen states carry no workspace), "
+                  f"on its own task {own[0]}")
+    row.loop = closed_loop(oracle, loop.model_copy(update={"task": own[0], "tasks": [own[0]]}),
+                           out / "loop" / f"{slug(row.spec)}-{time.strftime('%Y%m%d-%H%M%S')}", on_run=on_tick)
     return row
 
 
@@ -170,7 +202,7 @@ def run_matrix(specs: list[str], eval_file: Path, out: Path, options: MatrixOpti
     existing = None if options.fresh else load_matrix(out / MATRIX_FILE)
     excluded, notes = exclusions(specs, states)
     scored = [s for s in states if s.state_id not in excluded]
-    loop_runs = options.loop.runs if options.loop else 0
+    loop_runs = options.loop.runs * len(options.loop.all_tasks()) if options.loop else 0
     if on_start:
         on_start(len(specs) * (len(scored) + loop_runs))
     out.mkdir(parents=True, exist_ok=True)

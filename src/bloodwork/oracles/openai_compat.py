@@ -69,6 +69,8 @@ class ApiOptions(BaseModel):
     backoff_s: float = Field(default=0.5, ge=0)  # first delay, doubled after each retry ...
     backoff_max_s: float = Field(default=8.0, ge=0)  # ... up to this cap (also caps a server's Retry-After)
     response_format: ResponseFormat = "auto"
+    base_url: str | None = Field(default=None, description="a loopback server to talk to instead of the provider's "
+                                 "(e.g. a `bloodwork serve` the caller started); never sent a key")
 
 
 def _is_loopback(url: str) -> bool:
@@ -137,10 +139,15 @@ class OpenAICompatOracle:
             first = err.errors()[0]
             raise OracleConfigError(f"option {'.'.join(map(str, first['loc']))} for {spec}: {first['msg']}") from err
         prov = PROVIDERS[provider]
-        base = os.environ.get(prov.base_var) or prov.default_base
+        if self.options.base_url is not None and not _is_loopback(self.options.base_url):
+            raise OracleConfigError(f"{spec}: the base_url option takes a loopback server only "
+                                    f"(use {prov.base_var} for others)")
+        base = self.options.base_url or os.environ.get(prov.base_var) or prov.default_base
         self.base_url = base
         key_var = next((v for v in prov.key_vars if os.environ.get(v)), None)
-        if key_var is not None:
+        if self.options.base_url is not None:
+            key_var, key = "(none: loopback server)", LOOPBACK_DUMMY_KEY  # a real key never goes to it
+        elif key_var is not None:
             key = os.environ[key_var]
         elif provider == "openai" and os.environ.get(prov.base_var) and _is_loopback(base or ""):
             key_var, key = "(none: loopback server)", LOOPBACK_DUMMY_KEY
