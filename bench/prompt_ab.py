@@ -14,6 +14,9 @@ from that file alone:
   copied from there too), `own` only the arm's own prompt. Reported overall and for states whose context
   (outside the system message) holds no template phrase at all ("clean").
 - example-op copy: the frame's op equals one of the prompt's example ops exactly.
+- prompt copy (of the strictly valid frames): `prompts.prompt_copies` against the arm's own system prompt,
+  i.e. an op value that is a frame key (`"path": "path"`), five consecutive prompt words in a text value, or
+  a worked-example phrase; key echo apart.
 Every rate has its n and a Wilson 95 % interval.
 
 Usage:
@@ -117,6 +120,8 @@ def score(eval_set: Path, out: Path) -> dict[str, Any]:
             clean_any = [a for r, a in zip(answered, anyp, strict=True) if r["state_id"] in clean]
             example = [f is not None and f.op.model_dump(mode="json", exclude_none=True) in spec["example_ops"]
                        for f in frames]
+            valid = [f.model_dump(mode="json", exclude_none=True) for f in frames if f is not None]
+            copies = [prompts.prompt_copies(f, spec["system"]) for f in valid]
             by_phrase = Counter(p for r in answered for p in ALL_PHRASES if p in r["text"])
             cells[f"{model} | {arm}"] = {
                 "model": model, "arm": arm, "n": len(answered), "errors": len(mine) - len(answered),
@@ -125,6 +130,8 @@ def score(eval_set: Path, out: Path) -> dict[str, Any]:
                 "copy_any": _rate(sum(anyp), len(answered)), "copy_own": _rate(sum(own), len(answered)),
                 "copy_any_clean_states": _rate(sum(clean_any), len(clean_any)),
                 "example_op_copy": _rate(sum(example), len(answered)),
+                "prompt_copy_valid_frames": _rate(sum(bool(c) for c in copies), len(valid)),
+                "key_echo_valid_frames": _rate(sum(any(x.startswith("key:") for x in c) for c in copies), len(valid)),
                 "phrases_copied": dict(by_phrase.most_common()),
                 "latency_ms_p50": sorted(r["latency_ms"] for r in answered)[len(answered) // 2] if answered else None}
     return {"benchmark": "prompt_ab", "eval_set": str(eval_set), "eval_set_sha256": meta.sha256,
@@ -160,6 +167,8 @@ def main() -> None:
         print(fmt.format(name, c["n"], show(c["strict_valid"]), show(c["copy_any"]), show(c["copy_own"]),
                          show(c["copy_any_clean_states"]), show(c["example_op_copy"])))
         print(f"{'':<45}ops {c['ops']}; phrases {c['phrases_copied']}")
+        print(f"{'':<45}valid frames copying the prompt {show(c['prompt_copy_valid_frames'])}, "
+              f"key echo {show(c['key_echo_valid_frames'])}")
     for path in (args.json, args.out / "summary.json"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, ensure_ascii=False))

@@ -44,7 +44,9 @@ TRAP_ASKS: dict[str, str] = {
                         "thought, q_next and op, and nothing around it",
     "PAGE_FAULT": "that path does not exist: list the files (ls) and read a path that is there",
     "PATH_ESCAPE": "paths stay inside the workspace: use a relative path without '..'",
-    "IO_FAULT": "the write failed and the file may be half written: check it, then write it again",
+    # Also what a command gets when the workspace went over its quota or the sandbox's reply was garbled.
+    "IO_FAULT": "a write or a command failed on the file system (denied, disk or quota full): check what is "
+                "there, remove what you do not need, then try again",
     "EXEC_TIMEOUT": "the command was killed at its timeout: run something that ends sooner, or set timeout_s",
     "LOG_FLOOD": "the output was flooded; it is kept whole: read the page you need, or run a quieter command",
     "WATCHDOG": "you repeated an action on an unchanged workspace and got the same result; it was not run "
@@ -86,6 +88,47 @@ as the slice at d=sys://trap/KIND and asks this of you:
 
 
 ISA_PROMPT = _render_isa()
+
+# -- what copying the prompt looks like -------------------------------------------------------------------
+
+# A frame copies its prompt when a value is a key or an op name of the frame itself (`"path": "path"`), or
+# holds a run of COPY_WORDS consecutive words of the prompt (`"q_next": "what is done, what fails, what comes
+# next"`). Five words: four-word runs are common English ("the goal is met"), a five-word run in a
+# 135M model's thought is its prompt read back. TEMPLATE_PHRASES catches copies of the worked example.
+COPY_WORDS = 5
+FRAME_WORDS: frozenset[str] = frozenset(
+    {"thought", "q_next", "op", "name"}
+    | {f.strip() for _, fields, _ in _OP_LINES for f in fields.split(",")}
+    | {name.lower() for name, _, _ in _OP_LINES} | {name for name, _, _ in _OP_LINES})
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _word_runs(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+_PROMPT_RUNS: dict[str, set[tuple[str, ...]]] = {}
+
+
+def prompt_copies(frame: dict[str, Any], prompt: str = ISA_PROMPT) -> list[str]:
+    """What a parsed frame (a dict) copied from `prompt`: `key:FIELD=VALUE` for an op value that is a frame
+    word, `words:...` for each run of COPY_WORDS prompt words in a text value, `example:...` for each worked
+    example phrase. Empty for a frame written from its own goal and slice."""
+    if prompt not in _PROMPT_RUNS:
+        _PROMPT_RUNS[prompt] = _word_runs(prompt, COPY_WORDS)
+    runs = _PROMPT_RUNS[prompt]
+    op = frame.get("op") if isinstance(frame.get("op"), dict) else {}
+    texts = [(k, frame.get(k)) for k in ("thought", "q_next")] + [(k, v) for k, v in op.items() if k != "name"]
+    found: list[str] = []
+    for key, value in texts:
+        if not isinstance(value, str):
+            continue
+        if key not in ("thought", "q_next") and value.strip() in FRAME_WORDS:
+            found.append(f"key:{key}={value.strip()}")
+        found += [f"words:{' '.join(run)}" for run in sorted(_word_runs(value, COPY_WORDS) & runs)]
+        found += [f"example:{p}" for p in TEMPLATE_PHRASES if p in value and p in prompt]
+    return found
 
 # -- the context -----------------------------------------------------------------------------------------
 

@@ -68,6 +68,12 @@ class Cell(BaseModel):
     chaos: str
     seed: int
 
+    @property
+    def chaos_key(self) -> str:
+        """What the cell's fault draws are keyed by: task, chaos and seed, not the model. Every model of a sweep
+        meets the same draws, and a scripted model's file path (part of the run id) cannot change them."""
+        return f"{self.task}|{self.chaos}|s{self.seed}"
+
 
 class CellResult(BaseModel):
     cell_id: str
@@ -176,7 +182,7 @@ class Sweep:
         oracle = self.oracle(cell.model, cell.seed)
         if state is None:  # never started, or killed before its first commit (create replaces that)
             kernel = Kernel.create(task, oracle, out_dir=self.runs, config=self.config, seed=cell.seed,
-                                   chaos=self.profiles[cell.chaos], run_id=cell.cell_id,
+                                   chaos=self.profiles[cell.chaos], run_id=cell.cell_id, chaos_key=cell.chaos_key,
                                    command_line=self.command_line,
                                    model_options=self.spec.oracle_options(cell.seed))
             action = "ran"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
@@ -59,3 +60,41 @@ def test_twenty_prompts_all_strictly_valid(constrained) -> None:
     assert all(done.error is None and done.completion_tokens <= 64 for done in answers)
     invalid = [done.text for done in answers if not parse(done.text).strict_ok]
     assert invalid == []
+
+
+def _walk(guide, tok, text: str, budget: int) -> list[bool]:
+    """Feed `text` token by token; for each token, whether the guide allowed it at that point."""
+    import torch
+
+    allowed = []
+    for token in tok.encode(text, add_special_tokens=False):
+        logits = torch.zeros(guide._tok.ll.vocab_size)
+        guide.constrain(logits, tokens_left=budget - len(allowed))
+        allowed.append(bool(logits[token] > float("-inf")))
+        guide.advance(token)
+    return allowed
+
+
+def test_each_text_field_is_closed_by_its_share_of_the_budget_and_the_op_keeps_the_rest(constrained) -> None:
+    """A thought that rambles may not eat the op's tokens: with 96 tokens the thought is closed by token 29
+    and q_next by token 48; the op's path is then written freely, not in the finishing mode that once left
+    every op value one token (`"path": "path"`)."""
+    from bloodwork.oracles.constrained import FIELD_SHARES, FrameGuide
+
+    loaded = constrained.engine.loaded
+    gt, tok, budget = loaded.guide_tokenizer(), loaded.tokenizer, 96
+    ramble = " ".join(["the ledger module must be written"] * 8)
+    allowed = _walk(FrameGuide(gt, budget=budget), tok, '{"thought": "' + ramble, budget)
+    assert allowed.index(False) == math.ceil(FIELD_SHARES["thought"] * budget)  # the first token at the share
+
+    short = '{"thought": "tests fail", "q_next": "' + " ".join(["fix parser.py then run the tests"] * 6)
+    allowed = _walk(FrameGuide(gt, budget=budget), tok, short, budget)
+    assert allowed.index(False) == int(FIELD_SHARES["q_next"] * budget)
+
+    frame = ('{"thought": "tests fail", "q_next": "fix the parser", "op": {"name": "SYS_READ", '
+             '"path": "ledger/parser.py"}}')
+    assert all(_walk(FrameGuide(gt, budget=budget), tok, frame, budget))
+    # A caller's own schema has no known fields: only the reserve at the end applies, at most half the budget.
+    own = {"type": "object", "properties": {"thought": {"type": "string"}}}
+    assert _walk(FrameGuide(gt, schema=own, budget=budget), tok, '{"thought": "' + ramble, budget).index(False) == 48
+    assert _walk(FrameGuide(gt, schema=own, budget=32), tok, '{"thought": "' + ramble, 32).index(False) == 16

@@ -73,8 +73,10 @@ def closed_loop(oracle: Oracle, spec: LoopSpec, out_dir: Path,
     for task in tasks:
         for seed in range(spec.runs):
             name = f"{slug(oracle.spec)}-{slug(task)}-s{seed}" if len(tasks) > 1 else f"{slug(oracle.spec)}-s{seed}"
+            # Every row meets the same fault draws for a task and seed: they are keyed without the model.
             kernel = Kernel.create(load_task(task), oracle, out_dir=out_dir, config=config, seed=seed, chaos=profile,
-                                   run_id=name, command_line=["bloodwork", "matrix", "loop"])
+                                   run_id=name, chaos_key=f"{task}|{spec.chaos}|s{seed}",
+                                   command_line=["bloodwork", "matrix", "loop"])
             with suppress(KernelCrash):  # the manifest then says `crashed`, and the row counts it
                 kernel.run()
             runs.append(kernel.paths.root)

@@ -11,6 +11,12 @@ grammar allows it keeps a bare closing quote (alone or with braces) when one is 
 starting with `"` (a key), else, outside strings, tokens starting with `}`. That ends the open string
 and walks the required keys to the final brace in a few dozen tokens. The model still chooses among
 what is left, op names included.
+
+An ISA frame's op comes last, after two free-text fields. A budget spent on a rambling thought used to
+leave the op entirely in finishing mode, where every string value gets one token: the 135M model then
+wrote the key's own name (`"path": "path"` on 14 of 26 frames of a live sweep). So for ISA frames each
+text field has a share of the budget by which it is closed (`FIELD_SHARES`), and the op's own finishing
+reserve is only the walk that closes the op.
 A frame that still fails to parse is returned raw, and the kernel scores it as a violation.
 """
 
@@ -35,6 +41,14 @@ JSON_FORMAT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": "
 # brace (close it, an empty q_next, then SYS_EDIT's three fields, two of them non-empty). That walk is 38
 # tokens as the tokenizer splits it; a constrained model may take a few more (35 for SYS_EXEC's 30).
 FINISH_RESERVE = 48
+# The same walk from inside q_next (30 tokens for SYS_EDIT) and from inside the op (12 from its path on).
+Q_NEXT_RESERVE = 40
+OP_RESERVE = 16
+# By these shares of the budget thought and q_next are closed (ISA frames only): with 96 tokens the thought
+# has up to 29, q_next ends by token 48 and the op keeps at least 48, its last 16 in finishing mode.
+FIELD_SHARES = {"thought": 0.3, "q_next": 0.5}
+_Q_NEXT_KEY = b'", "q_next": "'
+_OP_KEY = b'", "op": {'
 # Inside a string nearly every token is allowed; outside one only a handful are (separators, braces,
 # digits). A `}` token is only a closer when the allowed set is that small.
 STRUCTURAL_SET = 1024
@@ -72,8 +86,13 @@ _BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 class FrameGuide:
     """One constrained generation: masks logits step by step and follows the tokens actually chosen."""
 
-    def __init__(self, tokenizer: GuideTokenizer, schema: dict[str, Any] | None = None) -> None:
+    def __init__(self, tokenizer: GuideTokenizer, schema: dict[str, Any] | None = None,
+                 budget: int | None = None) -> None:
         self._tok = tokenizer
+        self._budget = budget
+        # Field shares apply to the ISA frame only: a caller's own schema has fields we know nothing of.
+        self._isa = schema is None and budget is not None
+        self._text = bytearray()
         # Key order is kept (no sort_keys): llguidance emits properties in schema order.
         grammar = _grammar(json.dumps(schema if schema is not None else json_schema()))
         self._matcher = llguidance.LLMatcher(tokenizer.ll, grammar, log_level=0)
@@ -92,11 +111,31 @@ class FrameGuide:
         if self._matcher.is_error():
             return
         allowed = self.allowed()
-        if tokens_left <= FINISH_RESERVE:
+        if self._must_finish(tokens_left):
             allowed = self._finishing(allowed)
         vocab = allowed.numel()
         logits[vocab:] = float("-inf")
         logits[:vocab].masked_fill_(~allowed, float("-inf"))
+
+    def field(self) -> str:
+        """The ISA frame's field being written: thought, q_next or op. With no flexible whitespace the key
+        boundaries are exact bytes, and an unescaped quote cannot occur inside a string."""
+        if _Q_NEXT_KEY not in self._text:
+            return "thought"
+        return "q_next" if _OP_KEY not in self._text else "op"
+
+    def _must_finish(self, tokens_left: int) -> bool:
+        if not self._isa:
+            # A short budget keeps its first half free: a 32-token tool call is not one token per value.
+            reserve = FINISH_RESERVE if self._budget is None else min(FINISH_RESERVE, self._budget // 2)
+            return tokens_left <= reserve
+        assert self._budget is not None
+        field = self.field()
+        if field == "op":
+            return tokens_left <= OP_RESERVE
+        reserve = FINISH_RESERVE if field == "thought" else Q_NEXT_RESERVE
+        used = self._budget - tokens_left
+        return tokens_left <= reserve or used >= FIELD_SHARES[field] * self._budget
 
     def _finishing(self, allowed: torch.Tensor) -> torch.Tensor:
         """The closers among `allowed`, best first: a bare closing quote (with braces), then any token
@@ -114,3 +153,5 @@ class FrameGuide:
         """Feed the chosen token to the matcher (a token it refuses puts it in its error state)."""
         if not self._matcher.is_error():
             self._matcher.consume_token(token)
+            if self._isa and _OP_KEY not in self._text:
+                self._text += self._tok.ll.decode_bytes([token])

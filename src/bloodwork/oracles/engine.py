@@ -152,7 +152,7 @@ class Engine:
             if request.constrained:
                 from bloodwork.oracles.constrained import FrameGuide
 
-                guide = FrameGuide(self.loaded.guide_tokenizer(), request.schema)
+                guide = FrameGuide(self.loaded.guide_tokenizer(), request.schema, budget)
             sampling = request.sampling
             generator = torch.Generator().manual_seed(sampling.seed) if sampling.temperature > 0 else None
             seqs.append(_Seq(ticket=ticket, budget=budget, guide=guide, generator=generator))
