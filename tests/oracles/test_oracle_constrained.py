@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bloodwork.isa import ISA_PROMPT, parse
+from bloodwork.isa import ISA_PROMPT, json_schema, parse
 
 SHORT_SYSTEM = ISA_PROMPT.split(". Answer")[0] + ". Answer with exactly ONE JSON syscall frame."
 SLICES = [
@@ -84,8 +84,9 @@ def test_each_text_field_is_closed_by_its_share_of_the_budget_and_the_op_keeps_t
     loaded = constrained.engine.loaded
     gt, tok, budget = loaded.guide_tokenizer(), loaded.tokenizer, 96
     ramble = " ".join(["the ledger module must be written"] * 8)
-    allowed = _walk(FrameGuide(gt, budget=budget), tok, '{"thought": "' + ramble, budget)
-    assert allowed.index(False) == math.ceil(FIELD_SHARES["thought"] * budget)  # the first token at the share
+    for schema in (None, json_schema()):  # the kernel passes the ISA's schema explicitly
+        allowed = _walk(FrameGuide(gt, schema, budget=budget), tok, '{"thought": "' + ramble, budget)
+        assert allowed.index(False) == math.ceil(FIELD_SHARES["thought"] * budget)  # the first token at the share
 
     short = '{"thought": "tests fail", "q_next": "' + " ".join(["fix parser.py then run the tests"] * 6)
     allowed = _walk(FrameGuide(gt, budget=budget), tok, short, budget)

@@ -80,6 +80,11 @@ def _grammar(schema_json: str) -> str:
     return llguidance.LLMatcher.grammar_from_json_schema(schema_json, defaults=JSON_FORMAT)
 
 
+@lru_cache(maxsize=1)
+def _isa_source() -> str:
+    return json.dumps(json_schema())
+
+
 _BIT_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
@@ -90,11 +95,13 @@ class FrameGuide:
                  budget: int | None = None) -> None:
         self._tok = tokenizer
         self._budget = budget
-        # Field shares apply to the ISA frame only: a caller's own schema has fields we know nothing of.
-        self._isa = schema is None and budget is not None
-        self._text = bytearray()
         # Key order is kept (no sort_keys): llguidance emits properties in schema order.
-        grammar = _grammar(json.dumps(schema if schema is not None else json_schema()))
+        source = json.dumps(schema if schema is not None else json_schema())
+        # Field shares apply to the ISA frame only (the kernel passes it explicitly): a caller's own schema
+        # has fields we know nothing of.
+        self._isa = budget is not None and source == _isa_source()
+        self._text = bytearray()
+        grammar = _grammar(source)
         self._matcher = llguidance.LLMatcher(tokenizer.ll, grammar, log_level=0)
         if self._matcher.is_error():
             raise ValueError(f"schema cannot be compiled for constrained decoding: {self._matcher.get_error()}")
