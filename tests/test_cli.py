@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from bloodwork.chaos.plan import ChaosConfigError
+from bloodwork.cli import Boundary
 from tests.conftest import make_task, requires_bwrap
 
 
@@ -254,3 +258,38 @@ def test_show_refuses_a_negative_last(tmp_path):
 def test_a_bad_rate_says_which_and_why(tmp_path, rate, needle):
     folder = make_task(tmp_path)
     assert_one_line_error(cli("run", str(folder), "--model", "scripted:x.yaml", "--rate", rate), 2, needle)
+
+
+def _edge_app() -> typer.Typer:
+    """Two commands behind the CLI's real edge: one the user got wrong, one with a bug (an OSError: the
+    user did not cause it, so it is not theirs)."""
+    demo = typer.Typer(cls=Boundary)
+
+    @demo.command()
+    def mistake() -> None:
+        raise ChaosConfigError("unknown chaos profile 'storm'")
+
+    @demo.command()
+    def bug() -> None:
+        raise PermissionError(13, "Permission denied", "/internal/cache")
+
+    return demo
+
+
+def test_the_edge_renders_a_user_mistake_as_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODWORK_CRASH_DIR", str(tmp_path))
+    res = CliRunner().invoke(_edge_app(), ["mistake"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: unknown chaos profile 'storm'"
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_edge_turns_a_bug_into_exit_3_and_a_crash_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODWORK_CRASH_DIR", str(tmp_path))
+    res = CliRunner().invoke(_edge_app(), ["bug"])
+    assert res.exit_code == 3 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "PermissionError" in lines[0]
+    [report] = tmp_path.iterdir()
+    assert str(report) in res.stderr.replace("\n", "")
+    text = report.read_text()
+    assert "Traceback" in text and "raise PermissionError" in text and "command: bloodwork" in text

@@ -3,39 +3,74 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
+import tempfile
+import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.table import Column, Table
+from typer.core import TyperGroup
 
 from bloodwork import isa
-from bloodwork.chaos.plan import ChaosConfigError, apply_overrides, load_profile
+from bloodwork.chaos.plan import apply_overrides, load_profile
 from bloodwork.chronos.journal import JournalHead
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.run import RunManifest, RunPaths, versions
 from bloodwork.console import console, err_console, fail, one_line, progress
-from bloodwork.kernel import Kernel, KernelCrash, KernelError, RunResult
-from bloodwork.kernel.config import ConfigError, load_config
-from bloodwork.oracles.base import OracleConfigError
+from bloodwork.errors import BloodworkError, user_values
+from bloodwork.kernel import Kernel, KernelCrash, RunResult
+from bloodwork.kernel.config import load_config
 from bloodwork.oracles.registry import make_oracle
-from bloodwork.tasks.base import TaskError
 from bloodwork.tasks.registry import list_tasks, load_task
 
-app = typer.Typer(help="Run long-horizon LLM agents under seeded chaos and harvest what went wrong.",
+
+class Boundary(TyperGroup):
+    """The one place a command's failure becomes what the user reads: their mistake (a `BloodworkError`) is one
+    line and exit 2; a kernel crash is its one line (which names its crash.txt) and exit 3; anything else is
+    a bug, exit 3, its traceback in a crash report and a pointer to it, no traceback on the console. Here and
+    not in `main`, so `CliRunner` and in-process callers (the demo) get the same answer."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, typer.Exit, typer.Abort):
+            raise  # usage errors, deliberate exit codes, ^C: click and typer answer these themselves
+        except BloodworkError as err:
+            fail(one_line(err))
+        except KernelCrash as err:
+            fail(str(err), code=3)
+        except Exception as err:
+            try:
+                report: object = write_crash_report(err)
+            except OSError as why:
+                report = f"nowhere (the crash report could not be written: {one_line(why)})"
+            fail(f"internal error, a bug in bloodwork ({type(err).__name__}: {one_line(err)}); traceback in {report}",
+                 code=3)
+
+
+def write_crash_report(err: BaseException) -> Path:
+    """The traceback, the command line and the versions, in $BLOODWORK_CRASH_DIR (default: the temp folder)."""
+    folder = Path(os.environ.get("BLOODWORK_CRASH_DIR") or Path(tempfile.gettempdir()) / "bloodwork-crashes")
+    folder.mkdir(parents=True, exist_ok=True)
+    report = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    report.write_text(f"command: {shlex.join(['bloodwork', *sys.argv[1:]])}\nversions: {json.dumps(versions())}\n\n"
+                      + "".join(traceback.format_exception(err)), errors="backslashreplace")
+    return report
+
+
+app = typer.Typer(cls=Boundary, help="Run long-horizon LLM agents under seeded chaos and harvest what went wrong.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 tasks_app = typer.Typer(help="Built-in and user tasks.", no_args_is_help=True)
 isa_app = typer.Typer(help="The syscall frame the model must emit.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(isa_app, name="isa")
-
-USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, ConfigError, KernelError, ValidationError, OSError)
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: one line, exit 2."""
 
 
 def _drive(kernel: Kernel) -> RunResult:
@@ -52,15 +87,6 @@ def _drive(kernel: Kernel) -> RunResult:
 
         kernel.on_tick = on_tick
         return kernel.run()
-
-
-def _run_to_end(kernel: Kernel) -> None:
-    """Drive a created or resumed kernel to its end and print the outcome; a crash exits 3."""
-    try:
-        result = _drive(kernel)
-    except KernelCrash as err:
-        fail(str(err), code=3)
-    _print_result(result)
 
 
 def _print_result(result: RunResult) -> None:
@@ -104,31 +130,27 @@ def run(
 
     Example: bloodwork run long-haul/ledger --model scripted:expert.py --ticks 60 --chaos default --seed 7
     """
-    try:
-        cfg = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget, "context.policy": policy,
-                                         "context.budget_tokens": budget, "probe_every": probe_every})
-        profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
-        the_task = load_task(task)
-        options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
-        oracle = make_oracle(model, **options)
-        if not _writable(out):
-            raise UserError(f"output folder {out} is not writable")
-        kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
-                               command_line=["bloodwork", *sys.argv[1:]], model_options=options)
-    except (UserError, *USER_ERRORS) as err:
-        fail(one_line(err))
-    _run_to_end(kernel)
+    cfg = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget, "context.policy": policy,
+                                     "context.budget_tokens": budget, "probe_every": probe_every})
+    profile = apply_overrides(load_profile(chaos), _parse_rates(rate or []))
+    the_task = load_task(task)
+    options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
+    oracle = make_oracle(model, **options)
+    check_writable(out)
+    kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
+                           command_line=["bloodwork", *sys.argv[1:]], model_options=options)
+    _print_result(_drive(kernel))
 
 
-def _writable(folder: Path) -> bool:
+def check_writable(folder: Path) -> None:
+    """An output folder the user named must exist or be creatable, and take a file."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".bloodwork-write-probe"
         probe.write_text("")
         probe.unlink()
-    except OSError:
-        return False
-    return True
+    except OSError as err:
+        raise BloodworkError(f"output folder {folder} is not writable ({err.strerror or err})") from err
 
 
 def _parse_rates(items: list[str]) -> dict[str, float]:
@@ -136,19 +158,22 @@ def _parse_rates(items: list[str]) -> dict[str, float]:
     for item in items:
         kind, sep, value = item.partition("=")
         if not sep:
-            raise UserError(f"--rate expects KIND=RATE, got {item!r}")
+            raise BloodworkError(f"--rate expects KIND=RATE, got {item!r}")
         try:
             rates[kind.strip()] = float(value)
         except ValueError as err:
-            raise UserError(f"--rate {item!r}: {value!r} is not a number") from err
+            raise BloodworkError(f"--rate {item!r}: {value!r} is not a number") from err
     return rates
 
 
 def _load_run(run_dir: Path) -> tuple[RunPaths, RunManifest]:
     paths = RunPaths(run_dir)
     if not paths.manifest.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no run.json)")
-    return paths, RunManifest.load(paths)
+        raise BloodworkError(f"{run_dir} is not a run directory (no run.json)")
+    try:
+        return paths, RunManifest.load(paths)
+    except (OSError, ValidationError) as err:
+        raise BloodworkError(f"{paths.manifest} is not readable: {one_line(err)}") from err
 
 
 @app.command()
@@ -157,14 +182,10 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="The run directory to co
 
     Example: bloodwork resume runs/long-haul-ledger-scripted-s0-20261127-101500-ab12
     """
-    try:
-        _, manifest = _load_run(run_dir)
-        task = load_task(manifest.task_source or manifest.task)
-        oracle = make_oracle(manifest.model, **manifest.oracle.get("options", {}))
-        kernel = Kernel.resume(run_dir, task, oracle)
-    except (UserError, *USER_ERRORS) as err:
-        fail(one_line(err))
-    _run_to_end(kernel)
+    _, manifest = _load_run(run_dir)
+    task = load_task(manifest.task_source or manifest.task)
+    oracle = make_oracle(manifest.model, **manifest.oracle.get("options", {}))
+    _print_result(_drive(Kernel.resume(run_dir, task, oracle)))
 
 
 @app.command()
@@ -184,11 +205,8 @@ def verify(
 
     paths = RunPaths(run_dir)
     if not paths.journal.is_file():
-        fail(f"{run_dir} has no .journal.log")
-    try:
-        pinned = _parse_head(head) if head else None
-    except UserError as err:
-        fail(str(err))
+        raise BloodworkError(f"{run_dir} has no .journal.log")
+    pinned = _parse_head(head) if head else None
     report = verify_run_or_bundle(run_dir)
     if report.ok and pinned is not None and pinned != report.head:
         report = report.model_copy(update={"ok": False, "first_bad_seq": None, "reason": (
@@ -209,8 +227,8 @@ def _parse_head(text: str) -> JournalHead:
     try:
         return JournalHead(seq=int(seq), hash=digest.lower())
     except ValueError as err:
-        raise UserError(f"--head {text!r}: give SEQ:HASH, the last event's sequence number and its 64 hex digits") \
-            from err
+        raise BloodworkError(f"--head {text!r}: give SEQ:HASH, the last event's sequence number and its 64 hex "
+                             "digits") from err
 
 
 @app.command()
@@ -223,11 +241,8 @@ def show(
     Example: bloodwork show runs/my-run --last 40
     """
     if last < 0:
-        fail(f"--last must be 0 (all) or a number of ticks, got {last}")
-    try:
-        paths, manifest = _load_run(run_dir)
-    except (UserError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        raise BloodworkError(f"--last must be 0 (all) or a number of ticks, got {last}")
+    paths, manifest = _load_run(run_dir)
     from bloodwork.chronos.journal import iter_events
 
     console.print(f"[bold]{manifest.run_id}[/bold]  task {manifest.task}  model {manifest.model} "
@@ -269,7 +284,7 @@ def _seeds(value: str) -> list[int]:
         try:
             seeds += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
         except ValueError as err:
-            raise UserError(f"--seeds {value!r}: use numbers and ranges like 0-3,7") from err
+            raise BloodworkError(f"--seeds {value!r}: use numbers and ranges like 0-3,7") from err
     return seeds
 
 
@@ -313,36 +328,34 @@ def sweep(
     Example (a Ray cluster): bloodwork sweep --tasks long-haul/ledger --models local:smollm2 --seeds 0-63
     --engine ray --ray-address 10.0.0.5:6379 --out runs/sweep2
     """
-    from bloodwork.sweep import Sweep, SweepError, SweepSpec
+    from bloodwork.sweep import Sweep, SweepSpec
 
     if engine not in ("local", "ray"):
-        fail(f"--engine {engine!r}: use local or ray")
+        raise BloodworkError(f"--engine {engine!r}: use local or ray")
     if engine == "local" and (ray_address or shared_out or retries != 2):
-        fail("--ray-address, --shared-out and --retries apply to --engine ray only")
-    try:
-        base = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget},
-                           defaults={"max_ticks": SweepSpec.model_fields["ticks"].default})
-        options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+        raise BloodworkError("--ray-address, --shared-out and --retries apply to --engine ray only")
+    base = load_config(config, flags={"max_ticks": ticks, "panic_budget": panic_budget},
+                       defaults={"max_ticks": SweepSpec.model_fields["ticks"].default})
+    options = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+    with user_values():
         spec = SweepSpec(tasks=_csv(tasks), models=_csv(models), chaos=_csv(chaos), seeds=_seeds(seeds),
                          ticks=base.max_ticks, panic_budget=base.panic_budget, workers=workers,
                          config=base.model_dump(exclude={"max_ticks", "panic_budget"}), model_options=options,
                          temperature=temperature)
-        if engine == "ray":
-            from bloodwork.sweep_ray import RaySweep
+    if engine == "ray":
+        from bloodwork.sweep_ray import RaySweep
 
-            runner: Any = RaySweep(spec, out, address=ray_address, shared_out=shared_out, retries=retries)
-        else:
-            runner = Sweep(spec, out)
-        runner.prepare()
-        if engine == "ray":
-            try:
-                runner.connect()  # a local Ray instance takes seconds to start
-            except KeyboardInterrupt:
-                runner.close()
-                err_console.print("interrupted before any run started")
-                raise typer.Exit(130) from None
-    except (UserError, SweepError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        runner: Any = RaySweep(spec, out, address=ray_address, shared_out=shared_out, retries=retries)
+    else:
+        runner = Sweep(spec, out)
+    runner.prepare()
+    if engine == "ray":
+        try:
+            runner.connect()  # a local Ray instance takes seconds to start
+        except KeyboardInterrupt:
+            runner.close()
+            err_console.print("interrupted before any run started")
+            raise typer.Exit(130) from None
     from bloodwork.sweep import cells
 
     grid = cells(spec)
@@ -416,15 +429,11 @@ def extract(
 
     Example: bloodwork extract runs/sweep1 --out runs/sweep1/evidence
     """
-    from bloodwork.evidence.extract import ExtractError
     from bloodwork.evidence.extract import extract as run_extract
 
-    try:
-        # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
-        generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
-        report = run_extract(inputs, out, generator=generator)
-    except (ExtractError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
+    generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
+    report = run_extract(inputs, out, generator=generator)
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
     console.print(f"deaths: {len(report.deaths)}; natural events from real-model runs: {report.natural_events}; "
                   f"injected: {report.injected_events}")
@@ -446,15 +455,11 @@ def replay(
     """
     from bloodwork.evidence.replay import ReplayRefused, replay_run
 
+    _load_run(run_dir)
     try:
-        _load_run(run_dir)
         report = replay_run(run_dir, out)
     except ReplayRefused as err:
         fail(f"refused: {err}", code=1)
-    except (UserError, *USER_ERRORS) as err:
-        fail(one_line(err))
-    except KernelCrash as err:
-        fail(str(err), code=3)
     if report.same:
         console.print(f"reproduced: {report.compared} events identical ({report.original_status}); "
                       f"replay in {report.replay_dir}")
@@ -474,13 +479,10 @@ def profile(
 
     Example: bloodwork profile runs/profiling --compare --out runs/profiling/profile
     """
-    from bloodwork.evidence.profile import ProfileError, profile_runs
+    from bloodwork.evidence.profile import profile_runs
 
-    try:
-        report = profile_runs(runs, out, compare, generator="bloodwork profile " + " ".join(sys.argv[2:]),
-                              semantic=semantic)
-    except (ProfileError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    report = profile_runs(runs, out, compare, generator="bloodwork profile " + " ".join(sys.argv[2:]),
+                          semantic=semantic)
     for run in report.runs:
         f, e = run.forgetting, run.eviction
         verdict = "n/a" if f.flagged is None else ("FORGETS" if f.flagged else "no late forgetting")
@@ -505,13 +507,9 @@ def serve(
 
     Example: bloodwork serve --model local:smollm2 --port 8765   # then OPENAI_BASE_URL=http://127.0.0.1:8765/v1
     """
-    from bloodwork.oracles.serve import ServeError
     from bloodwork.oracles.serve import serve as run_server
 
-    try:
-        run_server(model, host=host, port=port, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
-    except (ServeError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    run_server(model, host=host, port=port, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
 
 
 @tasks_app.command("list")
@@ -521,11 +519,7 @@ def tasks_list() -> None:
     Example: BLOODWORK_TASK_PATH=tasks/mine bloodwork tasks list
     """
     table = Table(Column("id", no_wrap=True), "kind", "synthetic", "from", "verifier")
-    try:
-        tasks = list_tasks()
-    except USER_ERRORS as err:
-        fail(one_line(err))
-    for task in tasks:
+    for task in list_tasks():
         meta = task.metadata
         table.add_row(task.id, str(meta.get("kind")), str(meta.get("synthetic")),
                       str(meta.get("task_folder", "built-in")), str(meta.get("verifier", ""))[:60])
@@ -551,11 +545,8 @@ def tasks_import(
     """
     from bloodwork.tasks.repofix.importer import import_instances
 
-    try:
-        with err_console.status("checking the rows (the first import of a repo/version builds its environment)"):
-            imported = import_instances(file, repo_dir, out)
-    except USER_ERRORS as err:
-        fail(one_line(err))
+    with err_console.status("checking the rows (the first import of a repo/version builds its environment)"):
+        imported = import_instances(file, repo_dir, out)
     for item in imported:
         for warning in item.warnings:
             err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
@@ -586,12 +577,9 @@ def tasks_validate(
     from bloodwork.tasks.registry import find_instance
     from bloodwork.tasks.repofix.validate import validate_instances
 
-    try:
-        chosen = [find_instance(i) for i in ids] if ids else None
-        with err_console.status("validating (the first run downloads the sdists and builds the environments)"):
-            results = validate_instances(chosen)
-    except USER_ERRORS as err:
-        fail(one_line(err))
+    chosen = [find_instance(i) for i in ids] if ids else None
+    with err_console.status("validating (the first run downloads the sdists and builds the environments)"):
+        results = validate_instances(chosen)
     if as_json:
         print(json.dumps([r.model_dump(mode="json", exclude=None if verbose else {"runs"}) for r in results],
                          indent=2))
@@ -639,11 +627,7 @@ _register_upper_layers()
 
 
 def main() -> None:
-    try:
-        app()
-    except UserError as err:
-        err_console.print(f"[red]error:[/red] {err}")
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bloodwork.chaos.plan import ChaosConfigError, ChaosProfile, apply_overrides, load_profile
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import RunManifest, RunPaths, RunStatus
+from bloodwork.errors import BloodworkError
 from bloodwork.kernel import Kernel, KernelConfig, KernelCrash
 from bloodwork.oracles.base import Oracle
 from bloodwork.oracles.registry import make_oracle
@@ -31,7 +32,7 @@ from bloodwork.tasks.registry import load_task
 TERMINAL = {RunStatus.COMPLETED.value, RunStatus.DIED.value, RunStatus.MAX_TICKS.value, RunStatus.CRASHED.value}
 
 
-class SweepError(ValueError):
+class SweepError(BloodworkError, ValueError):
     """The sweep's grid is invalid, or the directory holds a different sweep."""
 
 

@@ -7,16 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
-from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.console import console, csv, fail, one_line, progress
-from bloodwork.kernel import KernelError
-from bloodwork.matrix.evalset import EvalSetError
-from bloodwork.matrix.report import MatrixError
-from bloodwork.tasks.base import TaskError
-
-USER_ERRORS = (EvalSetError, MatrixError, TaskError, ChaosConfigError, KernelError, ValidationError, OSError)
+from bloodwork.console import console, csv, fail, progress
+from bloodwork.errors import user_values
 
 
 def _labels(items: list[str], specs: list[str]) -> dict[str, str]:
@@ -70,24 +63,22 @@ def matrix(
 
     specs = csv(models)
     loop_tasks = loop_task or ["long-haul/ledger"]
-    try:
+    with user_values():
         loop = LoopSpec(task=loop_tasks[0], tasks=loop_tasks if len(loop_tasks) > 1 else [], runs=loop_runs,
                         ticks=loop_ticks, chaos=loop_chaos, panic_budget=panic_budget)
         options = MatrixOptions(max_new_tokens=max_new_tokens, loop=loop if loop_runs > 0 else None,
                                 labels=_labels(label or [], specs), allow_mixed=allow_mixed, fresh=fresh)
-        if loop_runs > 0:
-            from bloodwork.sweep import chaos_profile
-            from bloodwork.tasks.registry import load_task
+    if loop_runs > 0:
+        from bloodwork.sweep import chaos_profile
+        from bloodwork.tasks.registry import load_task
 
-            for name in loop_tasks:
-                load_task(name)
-            chaos_profile(loop_chaos)
-        with progress("matrix") as bar:
-            task = bar.add_task("", total=None)
-            report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
-                                on_start=lambda n: bar.update(task, total=n), on_tick=lambda: bar.advance(task))
-    except USER_ERRORS as err:
-        fail(one_line(err))
+        for name in loop_tasks:
+            load_task(name)
+        chaos_profile(loop_chaos)
+    with progress("matrix") as bar:
+        task = bar.add_task("", total=None)
+        report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
+                            on_start=lambda n: bar.update(task, total=n), on_tick=lambda: bar.advance(task))
     for row in report.rows:
         loop_text = f"; loop completed {row.loop.completed}, died {row.loop.died}" if row.loop else ""
         if row.scores is None:
@@ -114,14 +105,11 @@ def freeze(
 
     if n < 1:
         fail("--n must be at least 1")
-    try:
-        with progress("freeze") as bar:
-            task = bar.add_task("reading runs", total=None)
-            meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
-                              generator="bloodwork matrix freeze " + " ".join(sys.argv[3:]),
-                              on_run=lambda i, total: bar.update(task, completed=i + 1, total=total))
-    except (ValueError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    with progress("freeze") as bar:
+        task = bar.add_task("reading runs", total=None)
+        meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
+                          generator="bloodwork matrix freeze " + " ".join(sys.argv[3:]),
+                          on_run=lambda i, total: bar.update(task, completed=i + 1, total=total))
     console.print(f"{meta.rows} states from {len(meta.runs)} runs: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(meta.categories.items())))
     console.print(f"eval set: {out} sha256 {meta.sha256}")
@@ -138,10 +126,7 @@ def recount(
     """
     from bloodwork.matrix.recount import recount as run_recount
 
-    try:
-        result = run_recount(matrix_dir, write=write)
-    except (ValueError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    result = run_recount(matrix_dir, write=write)
     console.print(f"recounted {result.rows_recounted} rows: {result.answers_rescored} answers scored again from "
                   f"their raw text, {result.loop_runs_recounted} loop runs counted again from their journals")
     for d in result.differences[:20]:
