@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.cli import Boundary
+from bloodwork.cli.edge import Boundary
 from tests.conftest import make_task, requires_bwrap
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,21 @@ def load_profile(name_or_path: str) -> ChaosProfile:
         raise ChaosConfigError(f"invalid chaos profile {path}: {str(err).splitlines()[0]}") from err
     except ValidationError as err:
         raise ChaosConfigError(f"invalid chaos profile {path}: {describe(err)}") from err
+
+
+def parse_rates(items: Iterable[str], where: str) -> dict[str, float]:
+    """`KIND=RATE` items (a `--rate` flag's, a sweep's chaos entry's) as rates; `where` names them in errors.
+    The kinds and ranges are checked where the rates are applied."""
+    rates: dict[str, float] = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        if not sep:
+            raise ChaosConfigError(f"{where}: expected KIND=RATE, got {item!r}")
+        try:
+            rates[kind.strip()] = float(value)
+        except ValueError as err:
+            raise ChaosConfigError(f"{where}: {item!r}: {value!r} is not a number") from err
+    return rates
 
 
 def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[str, str] | None = None) -> ChaosProfile:

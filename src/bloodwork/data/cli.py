@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bloodwork.console import console, err_console, fail, progress
 from bloodwork.data.mix import DEFAULT_MIX, parse_mix
-from bloodwork.errors import user_values
+from bloodwork.errors import BloodworkError, user_values
+
+if TYPE_CHECKING:
+    from bloodwork.data.formats import DatasetStats
 
 
 class TrainKind(StrEnum):
@@ -56,6 +59,14 @@ def dataset_build(
 
         stats = build_dataset(inputs, out, options, generator="bloodwork dataset build " + " ".join(sys.argv[3:]),
                               on_run=on_run)
+    _print_build(stats, out)
+    if not stats.leak_check.ok:
+        fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
+             code=1)
+
+
+def _print_build(stats: DatasetStats, out: Path) -> None:
+    """What went in, what dedup and the mix removed, each split's make-up, where the files are."""
     console.print(f"{stats.runs_used} runs used; excluded: {stats.runs_excluded or 'none'}")
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in stats.candidates.items())
                   + f"; removed: exact {stats.dedup.exact}, near {stats.dedup.near}, contradictory "
@@ -79,9 +90,6 @@ def dataset_build(
         console.print(f"train length: {stats.train_length.chosen} tokens ({stats.train_length.rule}); rows over it: "
                       f"{over} (train_length.json)")
     console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
-    if not stats.leak_check.ok:
-        fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
-             code=1)
 
 
 def fork(
@@ -114,28 +122,33 @@ def fork(
 
     Example: bloodwork fork runs/sweep1 --all-traps --samples 4 --horizon 2 --teacher expert --out runs/forks/all
     """
-
     if all_traps:
         _fork_all(run_dir, every=every, samples=samples, horizon=horizon, teachers=teacher or [],
                   temperature=temperature, top_p=top_p, seed=seed, model=model, include_scripted=include_scripted,
                   out=out or Path("runs/forks") / f"{run_dir.name}-all")
         return
     if tick is None:
-        fail("give --tick T (one state), or --all-traps (every trap state of every run)")
+        raise BloodworkError("give --tick T (one state), or --all-traps (every trap state of every run)")
     if every is not None or include_scripted:
-        fail("--every and --include-scripted apply to --all-traps only")
+        raise BloodworkError("--every and --include-scripted apply to --all-traps only")
+    _fork_one(run_dir, tick, samples=samples, horizon=horizon, teachers=teacher or [], temperature=temperature,
+              top_p=top_p, seed=seed, model=model, target=out or Path("runs/forks") / f"{run_dir.name}-t{tick}")
+
+
+def _fork_one(run_dir: Path, tick: int, *, samples: int, horizon: int, teachers: list[str], temperature: float,
+              top_p: float, seed: int, model: str | None, target: Path) -> None:
+    """One state: the model (and a teacher that fits the run's task) asked again, each answer run a few ticks."""
     from bloodwork.data.fork import fork_run
     from bloodwork.data.fork_all import teacher_for
 
-    target = out or Path("runs/forks") / f"{run_dir.name}-t{tick}"
     mentor = None
-    if teacher:
+    if teachers:
         from bloodwork.chronos.run import RunManifest, RunPaths
 
-        mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teacher) if (
-            run_dir / "run.json").is_file() else teacher[0]
+        mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teachers) if (
+            run_dir / "run.json").is_file() else teachers[0]
         if mentor is None:
-            fail(f"no --teacher fits the task of {run_dir}")
+            raise BloodworkError(f"no --teacher fits the task of {run_dir}")
     with progress("fork") as bar:
         task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
 
@@ -158,7 +171,7 @@ def _fork_all(inputs: Path, *, every: int | None, samples: int, horizon: int, te
     from bloodwork.data.fork_all import INDEX_FILE, fork_all
 
     if not inputs.exists():
-        fail(f"{inputs} does not exist")
+        raise BloodworkError(f"{inputs} does not exist")
     with progress("fork --all-traps", transient=False) as bar:
         task = bar.add_task("finding trap states", total=None)
 
