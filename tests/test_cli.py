@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from bloodwork.chaos.plan import ChaosConfigError
+from bloodwork.cli import app
 from bloodwork.cli.edge import Boundary
 from tests.conftest import make_task, requires_bwrap
 
@@ -293,3 +294,17 @@ def test_the_edge_turns_a_bug_into_exit_3_and_a_crash_report(tmp_path, monkeypat
     assert str(report) in res.stderr.replace("\n", "")
     text = report.read_text()
     assert "Traceback" in text and "raise PermissionError" in text and "command: bloodwork" in text
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "long-haul/ledger", "--rate", "exec_fail"], "--rate: expected KIND=RATE, got 'exec_fail'"),
+    (["run", "long-haul/ledger", "--rate", "exec_fail=often"], "--rate: 'exec_fail=often': 'often' is not a number"),
+    (["run", "long-haul/ledger", "--rate", "meteor=0.5"], "unknown chaos kind 'meteor'"),
+    (["sweep", "--tasks", "long-haul/ledger", "--chaos", "exec_fail=often"],
+     "chaos entry 'exec_fail=often': 'exec_fail=often': 'often' is not a number"),
+])
+def test_kind_rate_mistakes_are_one_line(tmp_path, args, needle):
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("run.json"))
