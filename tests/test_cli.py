@@ -281,6 +281,8 @@ def test_the_edge_renders_a_user_mistake_as_one_line_and_exit_2(tmp_path, monkey
     monkeypatch.setenv("BLOODWORK_CRASH_DIR", str(tmp_path))
     res = CliRunner().invoke(_edge_app(), ["mistake"])
     assert res.exit_code == 2 and res.stderr.strip() == "error: unknown chaos profile 'storm'"
+    usage = CliRunner().invoke(_edge_app(), ["no-such-command"])  # typer's own answer to a usage mistake stays
+    assert usage.exit_code == 2 and "No such command" in usage.stderr and "bug" not in usage.stderr
     assert not list(tmp_path.iterdir())
 
 

@@ -14,7 +14,6 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
@@ -31,10 +30,10 @@ class Boundary(TyperGroup):
     a bug, exit 3, its traceback in a crash report and a pointer to it, no traceback on the console. Here and
     not in `main`, so `CliRunner` and in-process callers (the demo) get the same answer."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, typer.Exit, typer.Abort):
+        except (typer.TyperException, typer.Exit, typer.Abort):
             raise  # usage errors, deliberate exit codes, ^C: click and typer answer these themselves
         except BloodworkError as err:
             fail(one_line(err))
