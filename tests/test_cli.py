@@ -310,3 +310,13 @@ def test_kind_rate_mistakes_are_one_line(tmp_path, args, needle):
     assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output
     assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("run.json"))
+
+
+@pytest.mark.parametrize("command", [["extract", "."], ["sweep", "--tasks", "long-haul/ledger"],
+                                     ["matrix", "freeze", "."], ["dataset", "build", "."]])
+def test_an_output_path_through_a_file_is_the_users_mistake(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = CliRunner().invoke(app, [*command, "--out", str(blocker / "out")])
+    assert res.exit_code == 2 and "not writable" in res.stderr and "bug" not in res.stderr, res.output
+    assert blocker.read_text() == ""

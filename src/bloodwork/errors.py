@@ -8,8 +8,10 @@ report. This module sits below every layer, so each one can raise the error its 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -35,3 +37,16 @@ def user_values() -> Iterator[None]:
         yield
     except ValidationError as err:
         raise BloodworkError(describe(err)) from err
+
+
+def check_writable(folder: Path) -> None:
+    """An output folder the user named can be made and written: its nearest existing ancestor is a folder this
+    process may write. Checked before the work starts, without making anything (some commands want their
+    output folder new), so a typo'd `--out` is the user's one-line mistake, not an `OSError` half-way."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BloodworkError(f"output folder {folder} is not writable ({existing} is not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BloodworkError(f"output folder {folder} is not writable (no permission to write in {existing})")

@@ -64,17 +64,6 @@ def write_crash_report(err: BaseException) -> Path:
     return report
 
 
-def check_writable(folder: Path) -> None:
-    """An output folder the user named must exist or be creatable, and take a file."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".bloodwork-write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise BloodworkError(f"output folder {folder} is not writable ({err.strerror or err})") from err
-
-
 def load_run(run_dir: Path) -> tuple[RunPaths, RunManifest]:
     """The run directory the user named, with its manifest."""
     paths = RunPaths(run_dir)

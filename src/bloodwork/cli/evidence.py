@@ -10,6 +10,7 @@ import typer
 
 from bloodwork.cli.edge import load_run
 from bloodwork.console import console, err_console, fail
+from bloodwork.errors import check_writable
 
 
 def extract(
@@ -24,6 +25,7 @@ def extract(
 
     # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
     generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
+    check_writable(out)
     report = run_extract(inputs, out, generator=generator)
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
     console.print(f"deaths: {len(report.deaths)}; natural events from real-model runs: {report.natural_events}; "
@@ -46,6 +48,7 @@ def replay(
     from bloodwork.evidence.replay import ReplayRefused, replay_run
 
     load_run(run_dir)
+    check_writable(out)
     try:
         report = replay_run(run_dir, out)
     except ReplayRefused as err:
@@ -70,6 +73,7 @@ def profile(
     """
     from bloodwork.evidence.profile import profile_runs
 
+    check_writable(out)
     report = profile_runs(runs, out, compare, generator="bloodwork profile " + " ".join(sys.argv[2:]),
                           semantic=semantic)
     for run in report.runs:

@@ -13,9 +13,9 @@ from rich.table import Table
 from bloodwork.chaos.plan import apply_overrides, load_profile, parse_rates
 from bloodwork.chronos.journal import JournalHead
 from bloodwork.chronos.run import RunPaths
-from bloodwork.cli.edge import check_writable, load_run
+from bloodwork.cli.edge import load_run
 from bloodwork.console import console, err_console, progress
-from bloodwork.errors import BloodworkError
+from bloodwork.errors import BloodworkError, check_writable
 from bloodwork.kernel import Kernel, RunResult
 from bloodwork.kernel.config import load_config
 from bloodwork.oracles.registry import make_oracle
@@ -60,6 +60,7 @@ def run(
     options: dict[str, Any] = {"seed": seed} | ({"max_new_tokens": max_new_tokens} if max_new_tokens else {})
     oracle = make_oracle(model, **options)
     check_writable(out)
+    out.mkdir(parents=True, exist_ok=True)  # the folder the user named is there even if the run is refused
     kernel = Kernel.create(the_task, oracle, out_dir=out, config=cfg, seed=seed, chaos=profile, run_id=run_id,
                            command_line=["bloodwork", *sys.argv[1:]], model_options=options)
     _print_result(_drive(kernel))

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bloodwork.console import console, csv, err_console, progress
-from bloodwork.errors import BloodworkError, user_values
+from bloodwork.errors import BloodworkError, check_writable, user_values
 from bloodwork.kernel.config import load_config
 from bloodwork.sweep import Sweep, SweepSpec, cells
 
@@ -60,6 +60,7 @@ def sweep(
         raise BloodworkError("--ray-address, --shared-out and --retries apply to --engine ray only")
     spec = _spec(tasks, models, chaos, seeds, ticks=ticks, panic_budget=panic_budget, workers=workers, config=config,
                  max_new_tokens=max_new_tokens, temperature=temperature)
+    check_writable(out)
     runner = _runner(spec, out, engine, ray_address=ray_address, shared_out=shared_out, retries=retries)
     results = _watch(runner, spec, out, engine)
     _summary(results, out)

@@ -12,6 +12,7 @@ from rich.table import Column, Table
 
 from bloodwork import isa
 from bloodwork.console import console, err_console
+from bloodwork.errors import check_writable
 from bloodwork.tasks.registry import list_tasks
 
 
@@ -46,6 +47,7 @@ def tasks_import(
     """
     from bloodwork.tasks.repofix.importer import import_instances
 
+    check_writable(out)
     with err_console.status("checking the rows (the first import of a repo/version builds its environment)"):
         imported = import_instances(file, repo_dir, out)
     for item in imported:

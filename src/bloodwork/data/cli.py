@@ -11,7 +11,7 @@ import typer
 
 from bloodwork.console import console, err_console, fail, progress
 from bloodwork.data.mix import DEFAULT_MIX, parse_mix
-from bloodwork.errors import BloodworkError, user_values
+from bloodwork.errors import BloodworkError, check_writable, user_values
 
 if TYPE_CHECKING:
     from bloodwork.data.formats import DatasetStats
@@ -51,6 +51,7 @@ def dataset_build(
         options = BuildOptions(mix=parse_mix(mix), test_fraction=test_fraction, holdout_tasks=holdout_task or [],
                                seed=seed, include_scripted=include_scripted, near_threshold=near_threshold,
                                size=size, exact_lengths=not estimate_lengths, provenance=provenance or [])
+    check_writable(out)
     with progress("dataset") as bar:
         task = bar.add_task("reading runs", total=None)
 
@@ -149,6 +150,7 @@ def _fork_one(run_dir: Path, tick: int, *, samples: int, horizon: int, teachers:
             run_dir / "run.json").is_file() else teachers[0]
         if mentor is None:
             raise BloodworkError(f"no --teacher fits the task of {run_dir}")
+    check_writable(target)
     with progress("fork") as bar:
         task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
 
@@ -172,6 +174,7 @@ def _fork_all(inputs: Path, *, every: int | None, samples: int, horizon: int, te
 
     if not inputs.exists():
         raise BloodworkError(f"{inputs} does not exist")
+    check_writable(out)
     with progress("fork --all-traps", transient=False) as bar:
         task = bar.add_task("finding trap states", total=None)
 
@@ -221,6 +224,7 @@ def train(
         cfg = TrainConfig(kind=kind.value, base=base, rank=rank, alpha=alpha, dropout=dropout, lr=lr, steps=steps,
                           batch=batch, grad_accum=grad_accum, max_length=max_length, beta=beta, seed=seed,
                           threads=threads)
+    check_writable(out)
     with progress(f"train {kind.value}") as bar:
         task = bar.add_task("loading", total=steps)
 

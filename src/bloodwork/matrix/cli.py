@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from bloodwork.console import console, csv, progress
-from bloodwork.errors import BloodworkError, user_values
+from bloodwork.errors import BloodworkError, check_writable, user_values
 
 if TYPE_CHECKING:
     from bloodwork.matrix.report import MatrixReport
@@ -69,6 +69,7 @@ def matrix(
     options = _options(specs, loop_task or ["long-haul/ledger"], runs=loop_runs, ticks=loop_ticks, chaos=loop_chaos,
                        panic_budget=panic_budget, max_new_tokens=max_new_tokens, labels=_labels(label or [], specs),
                        allow_mixed=allow_mixed, fresh=fresh)
+    check_writable(out)
     with progress("matrix") as bar:
         task = bar.add_task("", total=None)
         report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
@@ -125,6 +126,7 @@ def freeze(
 
     if n < 1:
         raise BloodworkError("--n must be at least 1")
+    check_writable(out.parent)
     with progress("freeze") as bar:
         task = bar.add_task("reading runs", total=None)
         meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
