@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from bloodwork.chaos.plan import ChaosConfigError
+from bloodwork.cli import app
+from bloodwork.cli.edge import Boundary
 from tests.conftest import make_task, requires_bwrap
 
 
@@ -254,3 +259,64 @@ def test_show_refuses_a_negative_last(tmp_path):
 def test_a_bad_rate_says_which_and_why(tmp_path, rate, needle):
     folder = make_task(tmp_path)
     assert_one_line_error(cli("run", str(folder), "--model", "scripted:x.yaml", "--rate", rate), 2, needle)
+
+
+def _edge_app() -> typer.Typer:
+    """Two commands behind the CLI's real edge: one the user got wrong, one with a bug (an OSError: the
+    user did not cause it, so it is not theirs)."""
+    demo = typer.Typer(cls=Boundary)
+
+    @demo.command()
+    def mistake() -> None:
+        raise ChaosConfigError("unknown chaos profile 'storm'")
+
+    @demo.command()
+    def bug() -> None:
+        raise PermissionError(13, "Permission denied", "/internal/cache")
+
+    return demo
+
+
+def test_the_edge_renders_a_user_mistake_as_one_line_and_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODWORK_CRASH_DIR", str(tmp_path))
+    res = CliRunner().invoke(_edge_app(), ["mistake"])
+    assert res.exit_code == 2 and res.stderr.strip() == "error: unknown chaos profile 'storm'"
+    usage = CliRunner().invoke(_edge_app(), ["no-such-command"])  # typer's own answer to a usage mistake stays
+    assert usage.exit_code == 2 and "No such command" in usage.stderr and "bug" not in usage.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_edge_turns_a_bug_into_exit_3_and_a_crash_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("BLOODWORK_CRASH_DIR", str(tmp_path))
+    res = CliRunner().invoke(_edge_app(), ["bug"])
+    assert res.exit_code == 3 and "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "PermissionError" in lines[0]
+    [report] = tmp_path.iterdir()
+    assert str(report) in res.stderr.replace("\n", "")
+    text = report.read_text()
+    assert "Traceback" in text and "raise PermissionError" in text and "command: bloodwork" in text
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["run", "long-haul/ledger", "--rate", "exec_fail"], "--rate: expected KIND=RATE, got 'exec_fail'"),
+    (["run", "long-haul/ledger", "--rate", "exec_fail=often"], "--rate: 'exec_fail=often': 'often' is not a number"),
+    (["run", "long-haul/ledger", "--rate", "meteor=0.5"], "unknown chaos kind 'meteor'"),
+    (["sweep", "--tasks", "long-haul/ledger", "--chaos", "exec_fail=often"],
+     "chaos entry 'exec_fail=often': 'exec_fail=often': 'often' is not a number"),
+])
+def test_kind_rate_mistakes_are_one_line(tmp_path, args, needle):
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("run.json"))
+
+
+@pytest.mark.parametrize("command", [["extract", "."], ["sweep", "--tasks", "long-haul/ledger"],
+                                     ["matrix", "freeze", "."], ["dataset", "build", "."]])
+def test_an_output_path_through_a_file_is_the_users_mistake(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = CliRunner().invoke(app, [*command, "--out", str(blocker / "out")])
+    assert res.exit_code == 2 and "not writable" in res.stderr and "bug" not in res.stderr, res.output
+    assert blocker.read_text() == ""

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bloodwork.errors import describe
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -27,8 +29,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def one_line(err: BaseException) -> str:
     if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        return describe(err)
     if isinstance(err, OSError) and err.filename:
         return f"{err.strerror or err}: {err.filename}"
     return str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,18 +19,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bloodwork.chaos.plan import ChaosConfigError, ChaosProfile, apply_overrides, load_profile
+from bloodwork.chaos.plan import ChaosProfile, apply_overrides, load_profile, parse_rates
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import RunManifest, RunPaths, RunStatus
+from bloodwork.errors import BloodworkError
 from bloodwork.kernel import Kernel, KernelConfig, KernelCrash
 from bloodwork.oracles.base import Oracle
 from bloodwork.oracles.registry import make_oracle
+from bloodwork.slug import slug
 from bloodwork.tasks.registry import load_task
 
 TERMINAL = {RunStatus.COMPLETED.value, RunStatus.DIED.value, RunStatus.MAX_TICKS.value, RunStatus.CRASHED.value}
 
 
-class SweepError(ValueError):
+class SweepError(BloodworkError, ValueError):
     """The sweep's grid is invalid, or the directory holds a different sweep."""
 
 
@@ -84,13 +85,6 @@ class CellResult(BaseModel):
     error: str | None = None
 
 
-def _slug(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
-    if len(slug) > limit:
-        slug = slug[: limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-    return slug
-
-
 def _config_tag(spec: SweepSpec) -> str:
     """A non-default kernel config puts its hash into the run ids: two sweeps that differ only by config
     (a context policy, say) must not make runs with the same id, which extract and profile count once."""
@@ -108,7 +102,8 @@ def _temperature_tag(spec: SweepSpec) -> str:
 
 def cells(spec: SweepSpec) -> list[Cell]:
     tag = _temperature_tag(spec) + _config_tag(spec)
-    return [Cell(cell_id=f"{_slug(t)}__{_slug(m)}__{_slug(c, 24)}__s{s}{tag}", task=t, model=m, chaos=c, seed=s)
+    return [Cell(cell_id=f"{slug(t, 40, digest=True)}__{slug(m, 40, digest=True)}__{slug(c, 24, digest=True)}__s{s}"
+                         f"{tag}", task=t, model=m, chaos=c, seed=s)
             for t in spec.tasks for m in spec.models for c in spec.chaos for s in spec.seeds]
 
 
@@ -116,13 +111,7 @@ def chaos_profile(entry: str) -> ChaosProfile:
     """A profile name or file, or `KIND=RATE,KIND=RATE` on top of `off`."""
     if "=" not in entry:
         return load_profile(entry)
-    rates: dict[str, float] = {}
-    for part in entry.split(","):
-        kind, _, value = part.partition("=")
-        try:
-            rates[kind.strip()] = float(value)
-        except ValueError as err:
-            raise ChaosConfigError(f"chaos entry {entry!r}: {value!r} is not a number") from err
+    rates = parse_rates(entry.split(","), f"chaos entry {entry!r}")
     return apply_overrides(ChaosProfile(name=entry), rates, env={}).model_copy(update={"name": entry})
 
 

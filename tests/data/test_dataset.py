@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.files import sha256_file
+from bloodwork.cli import app  # the whole CLI: its edge renders every error
 from bloodwork.data.build import BuildError, BuildOptions, build_dataset
-from bloodwork.data.cli import register
 from bloodwork.data.dedup import deduplicate
 from bloodwork.data.formats import POOLS, DatasetManifest, DatasetStats, DedupCounts
 from bloodwork.data.mine import Example, RunView
@@ -169,8 +168,6 @@ def test_scripted_runs_are_excluded_by_default(planted: Story, tmp_path: Path):
 
 
 def test_cli_errors_are_one_line(tmp_path: Path):
-    app = typer.Typer()
-    register(app)
     res = CliRunner().invoke(app, ["dataset", "build", str(tmp_path), "--out", str(tmp_path / "o"), "--mix", "1/2"])
     assert res.exit_code == 2 and "mix" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["dataset", "build", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])

@@ -8,11 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from bloodwork.cli import app  # the whole CLI: its edge renders every error
 from bloodwork.data.train import TRAIN_FILE, TrainConfig, TrainRecord
-from bloodwork.matrix.cli import register
 from bloodwork.matrix.evalset import EvalSetError, freeze, load_evalset, meta_path
 from bloodwork.matrix.loop import LoopSpec
 from bloodwork.matrix.recount import recount
@@ -167,8 +166,6 @@ def test_adapter_rows_are_scored_only_on_states_it_never_trained_on(frozen, tmp_
 
 def test_matrix_cli(frozen, tmp_path: Path):
     _, evalset, fake = frozen
-    app = typer.Typer()
-    register(app)
     res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}"])
     assert res.exit_code == 2 and "--eval-set" in res.output
     res = CliRunner().invoke(app, ["matrix", "--models", f"scripted:{fake}", "--eval-set", str(tmp_path / "no.jsonl"),
@@ -208,8 +205,6 @@ def test_recount_rebuilds_every_figure_and_catches_an_edited_one(frozen, tmp_pat
     assert ("scores.strict_valid.k", 15, 14) in figures
     assert (f"answer {broken['state_id']}.strict_ok", True, False) in figures
 
-    app = typer.Typer()
-    register(app)
     res = CliRunner().invoke(app, ["matrix", "recount", str(tmp_path)])
     assert res.exit_code == 1 and "scores.strict_valid.k" in res.output
     res = CliRunner().invoke(app, ["matrix", "recount", str(tmp_path), "--write"])

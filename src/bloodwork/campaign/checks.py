@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.extract import answered_tick_calls, find_runs, run_events
 
 # Faults the chaos layer injects into one call (their traps are counted as traps); anything else in a
@@ -33,7 +34,7 @@ SECRET_NAME = re.compile(r"(_API_KEY|_TOKEN|_SECRET|SECRET_KEY|_PASSWORD)$")
 MIN_SECRET_LEN = 8
 
 
-class CheckError(ValueError):
+class CheckError(BloodworkError, ValueError):
     """A check's arguments are not valid."""
 
 

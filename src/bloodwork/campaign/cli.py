@@ -13,17 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from bloodwork.console import console, err_console, fail, one_line
+from bloodwork.console import console, err_console
 
 if TYPE_CHECKING:
     from bloodwork.campaign.state import CampaignState
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from bloodwork.campaign.plan import PlanError
-    from bloodwork.campaign.state import CampaignError
-
-    return PlanError, CampaignError, OSError
 
 
 def _say(message: str) -> None:
@@ -83,21 +76,18 @@ def run(
     """
     from bloodwork.campaign.runner import Runner, explain_plan
 
-    try:
-        if dry_run:
-            the_plan, rows = explain_plan(plan, set_)
-            console.print(f"plan {the_plan.name}: {len(the_plan.phases)} phases", highlight=False)
-            problems = 0
-            for phase_id, step, args in rows:
-                issue = _unknown_options(args) if "(bloodwork)" in step else None
-                problems += issue is not None
-                console.print(f"phase {phase_id} {step}: {' '.join(args)}"
-                              + (f"  [red]<- {issue}[/red]" if issue else ""), highlight=False, soft_wrap=True)
-            console.print(f"{problems} step(s) use commands or options this CLI lacks", highlight=False)
-            return
-        runner = Runner.create(plan, out, auditor=auditor, sets=set_, say=_say)
-    except _user_errors() as err:
-        fail(one_line(err))
+    if dry_run:
+        the_plan, rows = explain_plan(plan, set_)
+        console.print(f"plan {the_plan.name}: {len(the_plan.phases)} phases", highlight=False)
+        problems = 0
+        for phase_id, step, args in rows:
+            issue = _unknown_options(args) if "(bloodwork)" in step else None
+            problems += issue is not None
+            console.print(f"phase {phase_id} {step}: {' '.join(args)}"
+                          + (f"  [red]<- {issue}[/red]" if issue else ""), highlight=False, soft_wrap=True)
+        console.print(f"{problems} step(s) use commands or options this CLI lacks", highlight=False)
+        return
+    runner = Runner.create(plan, out, auditor=auditor, sets=set_, say=_say)
     try:
         state = runner.run("bloodwork campaign " + " ".join(sys.argv[2:]))
     except KeyboardInterrupt:
@@ -116,15 +106,13 @@ def resume(
     """
     from bloodwork.campaign.runner import Runner
 
+    runner = Runner.open(out, auditor=auditor, say=_say)
+    if runner.state.status == "done":
+        console.print("the campaign is finished; nothing to resume")
+        _outcome(runner.state, out)
+        return
     try:
-        runner = Runner.open(out, auditor=auditor, say=_say)
-        if runner.state.status == "done":
-            console.print("the campaign is finished; nothing to resume")
-            _outcome(runner.state, out)
-            return
         state = runner.run("bloodwork campaign " + " ".join(sys.argv[2:]))
-    except _user_errors() as err:
-        fail(one_line(err))
     except KeyboardInterrupt:
         _interrupted(out)
     _outcome(state, out)
@@ -141,11 +129,8 @@ def audit(
     """
     from bloodwork.campaign.runner import Runner
 
-    try:
-        runner = Runner.open(out, auditor=auditor, say=_say)
-        records = runner.reaudit(phase, "bloodwork campaign " + " ".join(sys.argv[2:]))
-    except _user_errors() as err:
-        fail(one_line(err))
+    runner = Runner.open(out, auditor=auditor, say=_say)
+    records = runner.reaudit(phase, "bloodwork campaign " + " ".join(sys.argv[2:]))
     for r in records:
         console.print(f"phase {r.phase} attempt {r.attempt}: {r.gate} ({len(r.blockers())} blocking findings)",
                       highlight=False)
@@ -163,12 +148,9 @@ def report(out: Annotated[Path, typer.Argument(help="The campaign directory.")])
     from bloodwork.campaign.runner import Runner
     from bloodwork.campaign.state import Lock
 
-    try:
-        runner = Runner.open(out)
-        with Lock(out):
-            bundle = runner.finish()
-    except _user_errors() as err:
-        fail(one_line(err))
+    runner = Runner.open(out)
+    with Lock(out):
+        bundle = runner.finish()
     console.print(f"page: {out / 'campaign.html'}\nhandover bundle: {bundle} (manifest.json holds the sha256 of "
                   "every file)", highlight=False)
 

@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bloodwork.campaign.checks import CHECKS, CheckError
+from bloodwork.errors import BloodworkError, describe
 
 PLANS_PACKAGE = "bloodwork.campaign"
 PLANS_DIR = "plans"
@@ -47,7 +48,7 @@ BUILTIN_VARS = ("out", "phase_dir", "phase_root", "plan_dir", "package", "source
 _PHASE_VAR = re.compile(r"phase(\d+)$")
 
 
-class PlanError(ValueError):
+class PlanError(BloodworkError, ValueError):
     """A plan that cannot run: unreadable, invalid, or naming something unknown."""
 
 
@@ -225,8 +226,7 @@ def load_plan(path: Path) -> Plan:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        raise PlanError(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from err
+        raise PlanError(f"{path}: {describe(err)}") from err
     validate_references(plan)
     return plan
 

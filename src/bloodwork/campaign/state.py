@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from bloodwork.campaign.checks import CheckResult
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import now_iso
+from bloodwork.errors import BloodworkError
 
 STATE_FILE = "campaign.json"
 PLAN_COPY = "plan.yaml"
@@ -25,7 +26,7 @@ LOCK_FILE = ".campaign.lock"
 Gate = Literal["GO", "NO-GO"]
 
 
-class CampaignError(ValueError):
+class CampaignError(BloodworkError, ValueError):
     """A campaign directory that cannot be used: missing, busy, or holding another campaign."""
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bloodwork.errors import BloodworkError, describe
 
 KINDS = ("exec_timeout", "exec_fail", "write_deny", "disk_full", "log_flood", "oracle_error", "oracle_slow",
          "oracle_truncate", "kill9", "chmod", "net_block", "config_corrupt")
@@ -25,7 +28,7 @@ VOYAGER_ALIASES = {
 }
 
 
-class ChaosConfigError(ValueError):
+class ChaosConfigError(BloodworkError, ValueError):
     """A chaos profile, flag or variable is not valid."""
 
 
@@ -71,7 +74,22 @@ def load_profile(name_or_path: str) -> ChaosProfile:
     except yaml.YAMLError as err:
         raise ChaosConfigError(f"invalid chaos profile {path}: {str(err).splitlines()[0]}") from err
     except ValidationError as err:
-        raise ChaosConfigError(f"invalid chaos profile {path}: {_reason(err)}") from err
+        raise ChaosConfigError(f"invalid chaos profile {path}: {describe(err)}") from err
+
+
+def parse_rates(items: Iterable[str], where: str) -> dict[str, float]:
+    """`KIND=RATE` items (a `--rate` flag's, a sweep's chaos entry's) as rates; `where` names them in errors.
+    The kinds and ranges are checked where the rates are applied."""
+    rates: dict[str, float] = {}
+    for item in items:
+        kind, sep, value = item.partition("=")
+        if not sep:
+            raise ChaosConfigError(f"{where}: expected KIND=RATE, got {item!r}")
+        try:
+            rates[kind.strip()] = float(value)
+        except ValueError as err:
+            raise ChaosConfigError(f"{where}: {item!r}: {value!r} is not a number") from err
+    return rates
 
 
 def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[str, str] | None = None) -> ChaosProfile:
@@ -97,16 +115,8 @@ def apply_overrides(profile: ChaosProfile, rates: dict[str, float], env: dict[st
     try:
         return ChaosProfile.model_validate(data)
     except ValidationError as err:
-        raise ChaosConfigError(_reason(err)) from err
+        raise ChaosConfigError(describe(err)) from err
 
-
-def _reason(err: ValidationError) -> str:
-    """The first error's own words ("chaos rate for exec_timeout must be within 0..1, got 2.0"), not
-    pydantic's headline ("1 validation error for ChaosProfile"), with the field it is about."""
-    first = err.errors()[0]
-    message = first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{where}: {message}" if where else message
 
 
 def _float(name: str, value: str) -> float:

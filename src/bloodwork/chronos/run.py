@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.journal import GENESIS, Event, JournalHead, VerifyReport, iter_events, read_events, verify
+from bloodwork.errors import BloodworkError
 
 SCHEMA_VERSION = 1
 
@@ -109,7 +110,7 @@ HALF_BUILT = frozenset({"run.json", "run.json.tmp", ".journal.log", "trace.jsonl
                         "workspace", "spill", "registers.json.tmp"})
 
 
-class RunDirError(ValueError):
+class RunDirError(BloodworkError, ValueError):
     """A run directory cannot be claimed: it exists, it is in use, or it cannot be made."""
 
 

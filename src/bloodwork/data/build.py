@@ -61,6 +61,7 @@ from bloodwork.data.lengths import counters, measure_lengths
 from bloodwork.data.mine import Example, RunView
 from bloodwork.data.mix import apply_mix
 from bloodwork.data.split import assign_splits, check_split_leak
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.extract import find_runs
 from bloodwork.evidence.stats import distribution
 
@@ -71,7 +72,7 @@ TRAIN_LENGTH_CAP = 4096
 TRAIN_LENGTH_STEP = 128
 
 
-class BuildError(ValueError):
+class BuildError(BloodworkError, ValueError):
     """Nothing usable under the inputs, or an output directory that holds something else."""
 
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.console import console, err_console, fail, one_line, progress
-from bloodwork.data.mix import DEFAULT_MIX, MixError, parse_mix
-from bloodwork.kernel import KernelCrash, KernelError
-from bloodwork.oracles.base import OracleConfigError
-from bloodwork.tasks.base import TaskError
+from bloodwork.console import console, err_console, fail, progress
+from bloodwork.data.mix import DEFAULT_MIX, parse_mix
+from bloodwork.errors import BloodworkError, check_writable, user_values
 
-USER_ERRORS = (TaskError, OracleConfigError, ChaosConfigError, KernelError, ValidationError, OSError, MixError)
+if TYPE_CHECKING:
+    from bloodwork.data.formats import DatasetStats
 
 
 class TrainKind(StrEnum):
@@ -48,22 +45,29 @@ def dataset_build(
     Example: bloodwork dataset build runs/sweep1 runs/forks --out runs/data1 --mix 40/40/20
     --holdout-task repo-fix/sqlparse-784 --holdout-task ops-blindbox/kill9
     """
-    from bloodwork.data.build import BuildError, BuildOptions, build_dataset
+    from bloodwork.data.build import BuildOptions, build_dataset
 
-    try:
+    with user_values():
         options = BuildOptions(mix=parse_mix(mix), test_fraction=test_fraction, holdout_tasks=holdout_task or [],
                                seed=seed, include_scripted=include_scripted, near_threshold=near_threshold,
                                size=size, exact_lengths=not estimate_lengths, provenance=provenance or [])
-        with progress("dataset") as bar:
-            task = bar.add_task("reading runs", total=None)
+    check_writable(out)
+    with progress("dataset") as bar:
+        task = bar.add_task("reading runs", total=None)
 
-            def on_run(i: int, n: int) -> None:
-                bar.update(task, completed=i + 1, total=n)
+        def on_run(i: int, n: int) -> None:
+            bar.update(task, completed=i + 1, total=n)
 
-            stats = build_dataset(inputs, out, options, generator="bloodwork dataset build " + " ".join(sys.argv[3:]),
-                                  on_run=on_run)
-    except (BuildError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        stats = build_dataset(inputs, out, options, generator="bloodwork dataset build " + " ".join(sys.argv[3:]),
+                              on_run=on_run)
+    _print_build(stats, out)
+    if not stats.leak_check.ok:
+        fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
+             code=1)
+
+
+def _print_build(stats: DatasetStats, out: Path) -> None:
+    """What went in, what dedup and the mix removed, each split's make-up, where the files are."""
     console.print(f"{stats.runs_used} runs used; excluded: {stats.runs_excluded or 'none'}")
     console.print("candidates: " + ", ".join(f"{k} {v}" for k, v in stats.candidates.items())
                   + f"; removed: exact {stats.dedup.exact}, near {stats.dedup.near}, contradictory "
@@ -87,9 +91,6 @@ def dataset_build(
         console.print(f"train length: {stats.train_length.chosen} tokens ({stats.train_length.rule}); rows over it: "
                       f"{over} (train_length.json)")
     console.print(f"files: {out} (stats in failure_recovery_dataset_stats.json, sha256s in manifest.json)")
-    if not stats.leak_check.ok:
-        fail(f"split leak: {stats.leak_check.shared_prompts} shared states, groups {stats.leak_check.shared_groups}",
-             code=1)
 
 
 def fork(
@@ -122,42 +123,42 @@ def fork(
 
     Example: bloodwork fork runs/sweep1 --all-traps --samples 4 --horizon 2 --teacher expert --out runs/forks/all
     """
-    from bloodwork.data.fork import ForkError
-
     if all_traps:
         _fork_all(run_dir, every=every, samples=samples, horizon=horizon, teachers=teacher or [],
                   temperature=temperature, top_p=top_p, seed=seed, model=model, include_scripted=include_scripted,
                   out=out or Path("runs/forks") / f"{run_dir.name}-all")
         return
     if tick is None:
-        fail("give --tick T (one state), or --all-traps (every trap state of every run)")
+        raise BloodworkError("give --tick T (one state), or --all-traps (every trap state of every run)")
     if every is not None or include_scripted:
-        fail("--every and --include-scripted apply to --all-traps only")
+        raise BloodworkError("--every and --include-scripted apply to --all-traps only")
+    _fork_one(run_dir, tick, samples=samples, horizon=horizon, teachers=teacher or [], temperature=temperature,
+              top_p=top_p, seed=seed, model=model, target=out or Path("runs/forks") / f"{run_dir.name}-t{tick}")
+
+
+def _fork_one(run_dir: Path, tick: int, *, samples: int, horizon: int, teachers: list[str], temperature: float,
+              top_p: float, seed: int, model: str | None, target: Path) -> None:
+    """One state: the model (and a teacher that fits the run's task) asked again, each answer run a few ticks."""
     from bloodwork.data.fork import fork_run
     from bloodwork.data.fork_all import teacher_for
 
-    target = out or Path("runs/forks") / f"{run_dir.name}-t{tick}"
-    try:
-        mentor = None
-        if teacher:
-            from bloodwork.chronos.run import RunManifest, RunPaths
+    mentor = None
+    if teachers:
+        from bloodwork.chronos.run import RunManifest, RunPaths
 
-            mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teacher) if (
-                run_dir / "run.json").is_file() else teacher[0]
-            if mentor is None:
-                fail(f"no --teacher fits the task of {run_dir}")
-        with progress("fork") as bar:
-            task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
+        mentor = teacher_for(RunManifest.load(RunPaths(run_dir)).task, teachers) if (
+            run_dir / "run.json").is_file() else teachers[0]
+        if mentor is None:
+            raise BloodworkError(f"no --teacher fits the task of {run_dir}")
+    check_writable(target)
+    with progress("fork") as bar:
+        task = bar.add_task("", total=2 * samples + 1 + 2 * bool(mentor))
 
-            def on_step(message: str) -> None:
-                bar.update(task, advance=1, description=message)
+        def on_step(message: str) -> None:
+            bar.update(task, advance=1, description=message)
 
-            record = fork_run(run_dir, tick, samples, out=target, horizon=horizon, temperature=temperature,
-                              top_p=top_p, seed=seed, model=model, teacher=mentor, on_step=on_step)
-    except (ForkError, *USER_ERRORS) as err:
-        fail(one_line(err))
-    except KernelCrash as err:
-        fail(str(err), code=3)
+        record = fork_run(run_dir, tick, samples, out=target, horizon=horizon, temperature=temperature,
+                          top_p=top_p, seed=seed, model=model, teacher=mentor, on_step=on_step)
     for c in record.candidates:
         kept = "" if c.kept is None else ("  KEPT" if c.kept else "  not kept")
         console.print(f"{c.source} {c.index}: {c.label:<10} {c.polarity:<8} op {c.op or '-':<10} "
@@ -169,23 +170,20 @@ def fork(
 def _fork_all(inputs: Path, *, every: int | None, samples: int, horizon: int, teachers: list[str],
               temperature: float, top_p: float, seed: int, model: str | None, include_scripted: bool,
               out: Path) -> None:
-    from bloodwork.data.fork import ForkError
     from bloodwork.data.fork_all import INDEX_FILE, fork_all
 
     if not inputs.exists():
-        fail(f"{inputs} does not exist")
-    try:
-        with progress("fork --all-traps", transient=False) as bar:
-            task = bar.add_task("finding trap states", total=None)
+        raise BloodworkError(f"{inputs} does not exist")
+    check_writable(out)
+    with progress("fork --all-traps", transient=False) as bar:
+        task = bar.add_task("finding trap states", total=None)
 
-            def on_progress(done: int, total: int, message: str) -> None:
-                bar.update(task, completed=done, total=total, description=message[:90])
+        def on_progress(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=message[:90])
 
-            index = fork_all([inputs], out, samples=samples, horizon=horizon, every=every, teachers=teachers,
-                             temperature=temperature, top_p=top_p, seed=seed, model=model,
-                             include_scripted=include_scripted, on_progress=on_progress)
-    except (ForkError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        index = fork_all([inputs], out, samples=samples, horizon=horizon, every=every, teachers=teachers,
+                         temperature=temperature, top_p=top_p, seed=seed, model=model,
+                         include_scripted=include_scripted, on_progress=on_progress)
     t = index.totals
     console.print(f"{index.runs} runs, {t.get('states', 0)} states: {t.get('forked', 0)} forked, "
                   f"{t.get('failed', 0)} failed; {t.get('pairs', 0)} pairs; teacher kept "
@@ -219,22 +217,21 @@ def train(
 
     Example: bloodwork train sft --data runs/data1 --base local:smollm2 --out runs/adapters/sft1 --steps 30
     """
-    from bloodwork.data.train import TrainConfig, TrainError
+    from bloodwork.data.train import TrainConfig
     from bloodwork.data.train import train as run_training
 
-    try:
+    with user_values():
         cfg = TrainConfig(kind=kind.value, base=base, rank=rank, alpha=alpha, dropout=dropout, lr=lr, steps=steps,
                           batch=batch, grad_accum=grad_accum, max_length=max_length, beta=beta, seed=seed,
                           threads=threads)
-        with progress(f"train {kind.value}") as bar:
-            task = bar.add_task("loading", total=steps)
+    check_writable(out)
+    with progress(f"train {kind.value}") as bar:
+        task = bar.add_task("loading", total=steps)
 
-            def on_step(step: int, loss: float | None) -> None:
-                bar.update(task, completed=step, description=f"loss {loss:.4f}" if loss is not None else "")
+        def on_step(step: int, loss: float | None) -> None:
+            bar.update(task, completed=step, description=f"loss {loss:.4f}" if loss is not None else "")
 
-            record = run_training(data, out, cfg, on_step=on_step)
-    except (TrainError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        record = run_training(data, out, cfg, on_step=on_step)
     losses = [s.loss for s in record.steps]
     console.print(f"{len(record.steps)} steps in {record.duration_s:.1f} s ({record.seconds_per_step['mean']} s/step "
                   f"mean) on {record.device}; loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no steps")

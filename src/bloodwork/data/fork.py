@@ -46,6 +46,7 @@ from bloodwork.chronos.journal import Event, canonical_json, read_events
 from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.data.teacher import judge_teacher, teacher_options
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.replay import signature
 from bloodwork.isa import json_schema, parse
 from bloodwork.kernel import Kernel, KernelConfig
@@ -69,7 +70,7 @@ _TIMING = re.compile(r"\b\d+(?:\.\d+)?s\b")
 _DIGEST = re.compile(r"\b(sha256 )[0-9a-f]{12,64}\b")
 
 
-class ForkError(ValueError):
+class ForkError(BloodworkError, ValueError):
     """The fork cannot be made: bad tick, a run that does not replay, a model that cannot be built."""
 
 

@@ -13,11 +13,12 @@ from collections.abc import Mapping
 
 from bloodwork.data.formats import POOLS, MixReport, Pool
 from bloodwork.data.mine import Example
+from bloodwork.errors import BloodworkError
 
 DEFAULT_MIX = "golden=0.4,recovery=0.4,rejected=0.2"
 
 
-class MixError(ValueError):
+class MixError(BloodworkError, ValueError):
     """A mix string that cannot be read."""
 
 

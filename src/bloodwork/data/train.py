@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bloodwork.chronos.files import atomic_write, sha256_file
 from bloodwork.chronos.run import now_iso, versions
 from bloodwork.data.formats import MANIFEST_FILE, TRAIN_LENGTH_FILE, DatasetManifest, TrainLength, prompt_sha256
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.stats import distribution
 from bloodwork.oracles.base import OracleConfigError
 
@@ -56,7 +57,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class TrainError(ValueError):
+class TrainError(BloodworkError, ValueError):
     """Bad base spec, missing or changed data, nothing left to train on."""
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
 from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, verified_events, verify_run
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
 EVENT_KINDS = ("trap", "panic", "recovery", "death")
@@ -27,7 +28,7 @@ BUNDLED = (".journal.log", "trace.jsonl", "dirty_trace.jsonl", "run.json")
 Origin = Literal["injected", "natural", "mixed"]
 
 
-class ExtractError(ValueError):
+class ExtractError(BloodworkError, ValueError):
     """Nothing to extract, or a path that is not a run or sweep."""
 
 

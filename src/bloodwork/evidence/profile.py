@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.extract import find_runs
 from bloodwork.evidence.heatmap import (
     ComparisonSeries,
@@ -61,7 +62,7 @@ PROBES_PNG = "goal_probe_heatmap.png"
 TRAILING_MIN = 10  # ticks: the comparison figure's trailing goal-relevant share smooths over at least this many
 
 
-class ProfileError(ValueError):
+class ProfileError(BloodworkError, ValueError):
     """No runs to profile, or a run whose files cannot be profiled."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bloodwork.errors import BloodworkError
 from bloodwork.experts.edits import Op
 from bloodwork.experts.observe import LastMessage, last_message, pinned_goal
 from bloodwork.manifold.workspace import Workspace
@@ -60,7 +61,7 @@ class Policy(Protocol):
     def close(self) -> None: ...
 
 
-class TaskMismatch(ValueError):
+class TaskMismatch(BloodworkError, ValueError):
     """The state belongs to another task than the policy's."""
 
 

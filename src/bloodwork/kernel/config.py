@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bloodwork.context.builder import ContextConfig
+from bloodwork.errors import BloodworkError
 from bloodwork.manifold.runner import Limits
 
 
@@ -58,7 +59,7 @@ class KernelConfig(BaseModel):
 ENV_SETTINGS = {"max_ticks": "BLOODWORK_TICKS", "panic_budget": "BLOODWORK_PANIC_BUDGET"}
 
 
-class ConfigError(ValueError):
+class ConfigError(BloodworkError, ValueError):
     """A kernel config file, variable or flag is not valid (the message names which one set what)."""
 
 

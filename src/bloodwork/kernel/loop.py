@@ -41,6 +41,7 @@ from bloodwork.chronos.run import (
     versions,
 )
 from bloodwork.context.builder import ContextBuilder, HistoryEntry
+from bloodwork.errors import BloodworkError
 from bloodwork.isa import (
     Frame,
     ParseResult,
@@ -66,7 +67,7 @@ ORACLE_FAULTS = ("oracle_error", "oracle_slow", "oracle_truncate")
 ACTION_SHOWN_CHARS = 1500
 
 
-class KernelError(Exception):
+class KernelError(BloodworkError):
     """A run cannot start or continue (bad run directory, finished run, ...)."""
 
 

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from bloodwork.chaos.plan import ChaosConfigError
-from bloodwork.console import console, csv, fail, one_line, progress
-from bloodwork.kernel import KernelError
-from bloodwork.matrix.evalset import EvalSetError
-from bloodwork.matrix.report import MatrixError
-from bloodwork.tasks.base import TaskError
+from bloodwork.console import console, csv, progress
+from bloodwork.errors import BloodworkError, check_writable, user_values
 
-USER_ERRORS = (EvalSetError, MatrixError, TaskError, ChaosConfigError, KernelError, ValidationError, OSError)
+if TYPE_CHECKING:
+    from bloodwork.matrix.report import MatrixReport
+    from bloodwork.matrix.run import MatrixOptions
 
 
 def _labels(items: list[str], specs: list[str]) -> dict[str, str]:
@@ -25,7 +22,7 @@ def _labels(items: list[str], specs: list[str]) -> dict[str, str]:
     for item in items:
         spec = max((s for s in specs if item.startswith(s + "=")), key=len, default=None)
         if spec is None or not item[len(spec) + 1:]:
-            fail(f"--label expects SPEC=TEXT with SPEC one of --models, got {item!r}")
+            raise BloodworkError(f"--label expects SPEC=TEXT with SPEC one of --models, got {item!r}")
         labels[spec] = item[len(spec) + 1:]
     return labels
 
@@ -64,30 +61,45 @@ def matrix(
     if ctx.invoked_subcommand is not None:
         return
     if not models or eval_set is None:
-        fail("give --models and --eval-set (see bloodwork matrix --help), or use bloodwork matrix freeze")
-    from bloodwork.matrix.loop import LoopSpec
-    from bloodwork.matrix.run import MatrixOptions, run_matrix
+        raise BloodworkError("give --models and --eval-set (see bloodwork matrix --help), or use bloodwork matrix "
+                             "freeze")
+    from bloodwork.matrix.run import run_matrix
 
     specs = csv(models)
-    loop_tasks = loop_task or ["long-haul/ledger"]
-    try:
-        loop = LoopSpec(task=loop_tasks[0], tasks=loop_tasks if len(loop_tasks) > 1 else [], runs=loop_runs,
-                        ticks=loop_ticks, chaos=loop_chaos, panic_budget=panic_budget)
-        options = MatrixOptions(max_new_tokens=max_new_tokens, loop=loop if loop_runs > 0 else None,
-                                labels=_labels(label or [], specs), allow_mixed=allow_mixed, fresh=fresh)
-        if loop_runs > 0:
-            from bloodwork.sweep import chaos_profile
-            from bloodwork.tasks.registry import load_task
+    options = _options(specs, loop_task or ["long-haul/ledger"], runs=loop_runs, ticks=loop_ticks, chaos=loop_chaos,
+                       panic_budget=panic_budget, max_new_tokens=max_new_tokens, labels=_labels(label or [], specs),
+                       allow_mixed=allow_mixed, fresh=fresh)
+    check_writable(out)
+    with progress("matrix") as bar:
+        task = bar.add_task("", total=None)
+        report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
+                            on_start=lambda n: bar.update(task, total=n), on_tick=lambda: bar.advance(task))
+    _print_matrix(report, out)
 
-            for name in loop_tasks:
-                load_task(name)
-            chaos_profile(loop_chaos)
-        with progress("matrix") as bar:
-            task = bar.add_task("", total=None)
-            report = run_matrix(specs, eval_set, out, options, generator="bloodwork matrix " + " ".join(sys.argv[2:]),
-                                on_start=lambda n: bar.update(task, total=n), on_tick=lambda: bar.advance(task))
-    except USER_ERRORS as err:
-        fail(one_line(err))
+
+def _options(specs: list[str], loop_tasks: list[str], *, runs: int, ticks: int, chaos: str, panic_budget: int,
+             max_new_tokens: int, labels: dict[str, str], allow_mixed: bool, fresh: bool) -> MatrixOptions:
+    """The matrix's options; the loop's tasks and chaos are loaded once here, so a typo stops it before any
+    model is asked."""
+    from bloodwork.matrix.loop import LoopSpec
+    from bloodwork.matrix.run import MatrixOptions
+
+    with user_values():
+        loop = LoopSpec(task=loop_tasks[0], tasks=loop_tasks if len(loop_tasks) > 1 else [], runs=runs, ticks=ticks,
+                        chaos=chaos, panic_budget=panic_budget)
+        options = MatrixOptions(max_new_tokens=max_new_tokens, loop=loop if runs > 0 else None, labels=labels,
+                                allow_mixed=allow_mixed, fresh=fresh)
+    if runs > 0:
+        from bloodwork.sweep import chaos_profile
+        from bloodwork.tasks.registry import load_task
+
+        for name in loop_tasks:
+            load_task(name)
+        chaos_profile(chaos)
+    return options
+
+
+def _print_matrix(report: MatrixReport, out: Path) -> None:
     for row in report.rows:
         loop_text = f"; loop completed {row.loop.completed}, died {row.loop.died}" if row.loop else ""
         if row.scores is None:
@@ -113,15 +125,13 @@ def freeze(
     from bloodwork.matrix.evalset import freeze as run_freeze
 
     if n < 1:
-        fail("--n must be at least 1")
-    try:
-        with progress("freeze") as bar:
-            task = bar.add_task("reading runs", total=None)
-            meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
-                              generator="bloodwork matrix freeze " + " ".join(sys.argv[3:]),
-                              on_run=lambda i, total: bar.update(task, completed=i + 1, total=total))
-    except (ValueError, *USER_ERRORS) as err:
-        fail(one_line(err))
+        raise BloodworkError("--n must be at least 1")
+    check_writable(out.parent)
+    with progress("freeze") as bar:
+        task = bar.add_task("reading runs", total=None)
+        meta = run_freeze(inputs, out, n=n, seed=seed, holdout_of=holdout_of, include_scripted=include_scripted,
+                          generator="bloodwork matrix freeze " + " ".join(sys.argv[3:]),
+                          on_run=lambda i, total: bar.update(task, completed=i + 1, total=total))
     console.print(f"{meta.rows} states from {len(meta.runs)} runs: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(meta.categories.items())))
     console.print(f"eval set: {out} sha256 {meta.sha256}")
@@ -138,10 +148,7 @@ def recount(
     """
     from bloodwork.matrix.recount import recount as run_recount
 
-    try:
-        result = run_recount(matrix_dir, write=write)
-    except (ValueError, *USER_ERRORS) as err:
-        fail(one_line(err))
+    result = run_recount(matrix_dir, write=write)
     console.print(f"recounted {result.rows_recounted} rows: {result.answers_rescored} answers scored again from "
                   f"their raw text, {result.loop_runs_recounted} loop runs counted again from their journals")
     for d in result.differences[:20]:

@@ -26,6 +26,7 @@ from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, now_iso
 from bloodwork.data.fork import is_fork_artifact
 from bloodwork.data.formats import SPLITS_FILE, Messages, SplitAssignment, prompt_sha256
 from bloodwork.data.mine import RunView, TickView
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.extract import find_runs
 from bloodwork.isa import parse
 from bloodwork.kernel.traps import fingerprint
@@ -35,7 +36,7 @@ Category = Literal["recovery", "rejected", "golden", "trap", "idle"]
 CATEGORY_ORDER: tuple[Category, ...] = ("recovery", "rejected", "golden", "trap", "idle")
 
 
-class EvalSetError(ValueError):
+class EvalSetError(BloodworkError, ValueError):
     """No eligible state, or an eval set whose bytes no longer match its recorded sha256."""
 
 

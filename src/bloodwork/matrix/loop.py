@@ -14,7 +14,6 @@ figures are counted from their journals and manifests, each with its n and a 95 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -27,6 +26,7 @@ from bloodwork.data.teacher import partial_score
 from bloodwork.evidence.stats import Distribution, MeanCI, Rate, RateCI, distribution, mean_ci, poisson_rate, wilson
 from bloodwork.kernel import Kernel, KernelConfig, KernelCrash
 from bloodwork.oracles.base import Oracle
+from bloodwork.slug import slug
 from bloodwork.sweep import chaos_profile
 from bloodwork.tasks.registry import load_task
 
@@ -58,10 +58,6 @@ class LoopResult(BaseModel):
     progress: MeanCI | None = Field(default=None, description="final verifier partial score, 0..1, per run")
     stages: dict[str, int] = Field(default_factory=dict, description="final verifier stage (task: stage) -> runs")
     by_task: dict[str, dict[str, int]] = Field(default_factory=dict, description="task -> status -> runs")
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60]
 
 
 def closed_loop(oracle: Oracle, spec: LoopSpec, out_dir: Path,

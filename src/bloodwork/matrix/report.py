@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from bloodwork.errors import BloodworkError
 from bloodwork.evidence.stats import MeanCI, Rate, RateCI
 from bloodwork.matrix.evalset import EvalSetMeta
 from bloodwork.matrix.loop import LoopResult
@@ -23,7 +24,7 @@ MARKDOWN_FILE = "model_matrix.md"
 CHART_FILE = "model_matrix.png"
 
 
-class MatrixError(ValueError):
+class MatrixError(BloodworkError, ValueError):
     """Rows that may not stand side by side, or a matrix file that cannot be read."""
 
 

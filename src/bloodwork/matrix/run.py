@@ -23,7 +23,7 @@ from bloodwork.data.train import TRAIN_FILE, TrainRecord
 from bloodwork.experts import ExpertOracle
 from bloodwork.matrix.evalset import EvalState, load_evalset
 from bloodwork.matrix.hashes import chat_template_sha256, decoding, hardware, prompt_template_sha256
-from bloodwork.matrix.loop import LoopSpec, closed_loop, slug
+from bloodwork.matrix.loop import LoopSpec, closed_loop
 from bloodwork.matrix.report import (
     CHART_FILE,
     MARKDOWN_FILE,
@@ -38,6 +38,7 @@ from bloodwork.matrix.report import (
 from bloodwork.matrix.score import Answer, ask, score
 from bloodwork.oracles.base import OracleConfigError
 from bloodwork.oracles.registry import make_oracle
+from bloodwork.slug import slug
 from bloodwork.tasks.registry import load_task
 
 API_SCHEMES = ("openai", "gemini", "kimi")

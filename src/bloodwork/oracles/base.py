@@ -14,12 +14,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from bloodwork.errors import BloodworkError
+
 Message = dict[str, str]
 ErrorClass = Literal["rate_limit", "server_error", "timeout", "bad_request", "auth", "connection",
                      "context_overflow", "exhausted", "internal"]
 
 
-class OracleConfigError(ValueError):
+class OracleConfigError(BloodworkError, ValueError):
     """A model spec, key, URL or adapter is not usable; raised before any tick runs."""
 
 

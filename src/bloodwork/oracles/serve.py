@@ -30,6 +30,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bloodwork.errors import BloodworkError
 from bloodwork.oracles.base import Completion
 from bloodwork.oracles.chatapi import (
     CALL_CLOSE,
@@ -47,7 +48,7 @@ CONSTRAINED_HEADER = "X-Bloodwork-Constrained"
 CONSTRAINT_HEADER = "X-Bloodwork-Constraint"
 
 
-class ServeError(RuntimeError):
+class ServeError(BloodworkError, RuntimeError):
     """The server cannot start (port in use, not a local spec); the message is one line for the user."""
 
 

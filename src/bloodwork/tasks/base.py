@@ -12,10 +12,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from bloodwork.errors import BloodworkError
 from bloodwork.manifold.toolchain import Toolchain
 
 
-class TaskError(ValueError):
+class TaskError(BloodworkError, ValueError):
     """A task definition is malformed or cannot be found."""
 
 

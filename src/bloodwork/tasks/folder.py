@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bloodwork.errors import describe
 from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult
 from bloodwork.tasks.hidden_tests import verify_folder
 
@@ -64,9 +65,7 @@ class FolderTask:
         except yaml.YAMLError as err:
             raise TaskError(f"{spec_path}: not valid YAML ({str(err).splitlines()[0]})") from err
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "task"
-            raise TaskError(f"{spec_path}: {where}: {first['msg']}") from err
+            raise TaskError(f"{spec_path}: {describe(err, 'task')}") from err
         self.id = self.spec.id
         self.goal = self.spec.goal.strip()
         self.metadata = {"kind": self.spec.kind, "synthetic": self.spec.synthetic,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bloodwork.manifold.toolchain import Toolchain
+from bloodwork.slug import slug
 from bloodwork.tasks.repofix.instance import InstanceError, RepoFixInstance
 from bloodwork.tasks.repofix.sources import cache_root
 
@@ -128,10 +129,6 @@ def find_python(version: str | None) -> Interpreter:
 
 def installable(tree: Path) -> bool:
     return any((tree / name).is_file() for name in _PROJECT_FILES)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:40] or "x"
 
 
 def env_spec(inst: RepoFixInstance, base: Path, interpreter: Interpreter) -> dict[str, Any]:
@@ -275,7 +272,8 @@ def ensure_env(inst: RepoFixInstance, base: Path, *, root: Path | None = None,
     interpreter = find_python(inst.python)
     spec = env_spec(inst, base, interpreter)
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    key = f"{_slug(inst.repo)}-{_slug(inst.version)}-py{interpreter.version}-{digest}"
+    repo, version = (slug(part, 40, keep=".") or "x" for part in (inst.repo, inst.version))
+    key = f"{repo}-{version}-py{interpreter.version}-{digest}"
     folder = (root or cache_root() / "envs") / key
     stamp = folder / "env.json"
     with _locked(folder.with_name(f".{key}.lock")):

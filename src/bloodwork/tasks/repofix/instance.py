@@ -29,6 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from bloodwork.errors import describe
 from bloodwork.tasks.base import TaskError
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin" / "repo-fix"
@@ -204,12 +205,6 @@ class RepoFixInstance(BaseModel):
         return "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(self.env.items()))
 
 
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "instance"
-    return f"{where}: {first['msg']}"
-
-
 def parse_instance(data: Any, where: str) -> RepoFixInstance:
     """Validate one instance mapping; `where` (file, line) prefixes the one-line error."""
     if not isinstance(data, dict):
@@ -217,7 +212,7 @@ def parse_instance(data: Any, where: str) -> RepoFixInstance:
     try:
         return RepoFixInstance.model_validate(data)
     except ValidationError as err:
-        raise InstanceError(f"{where}: {_first_error(err)}") from err
+        raise InstanceError(f"{where}: {describe(err, 'instance')}") from err
 
 
 def load_instance_file(path: Path) -> RepoFixInstance:
