@@ -244,14 +244,14 @@ def show(
               "chaos": "magenta", "halt": "bold green"}
     for e in events:
         if e.kind == "tick":
-            detail = f"{e.data.get('op') or '-'}" + ("" if e.data.get("strict_ok") else
-                                                     f"  [{e.data.get('violation') or 'oracle error'}]")
+            detail = f"{e.data.op or '-'}" + ("" if e.data.strict_ok else
+                                              f"  [{e.data.violation or 'oracle error'}]")
         elif e.kind == "trap":
-            detail = f"{e.data['kind']}{' (injected)' if e.data.get('injected') else ''}: {e.data['detail'][:90]}"
+            detail = f"{e.data.kind}{' (injected)' if e.data.injected else ''}: {e.data.detail[:90]}"
         elif e.kind == "evict":
-            detail = f"{e.data['section']} of tick {e.data['tick']} ({e.data['tokens']} tokens): {e.data['reason']}"
+            detail = f"{e.data.section} of tick {e.data.tick} ({e.data.tokens} tokens): {e.data.reason}"
         else:
-            detail = json.dumps(e.data)[:110]
+            detail = json.dumps(e.data.model_dump())[:110]
         table.add_row(str(e.tick), f"[{styles.get(e.kind, '')}]{e.kind}[/]" if e.kind in styles else e.kind, detail)
     console.print(table)
     console.print(f"status {manifest.status.value}, {manifest.ticks} ticks"

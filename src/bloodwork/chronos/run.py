@@ -11,13 +11,14 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bloodwork.chronos.files import atomic_write
-from bloodwork.chronos.journal import GENESIS, Event, JournalHead, VerifyReport, iter_events, read_events, verify
+from bloodwork.chronos.files import atomic_write, read_jsonl
+from bloodwork.chronos.journal import GENESIS, Event, JournalHead, VerifyReport, iter_events, verify
 
 SCHEMA_VERSION = 1
 
@@ -271,8 +272,8 @@ def verify_run(paths: RunPaths) -> VerifyReport:
     if manifest.status != RunStatus.RUNNING:
         reason = (f"run.json of this {manifest.status.value} run names the head {saved}, registers.json {head}: "
                   "one of them was changed")
-    elif (saved.hash == GENESIS) if saved.seq == -1 else any(e.seq == saved.seq and e.hash == saved.hash
-                                                              for e in iter_events(paths.journal)):
+    elif (saved.hash == GENESIS) if saved.seq == -1 else any(e["seq"] == saved.seq and e["hash"] == saved.hash
+                                                              for e in read_jsonl(paths.journal)):
         return report  # a run killed mid-way: run.json was last saved at an earlier commit on the same chain
     else:
         reason = f"run.json names the head {saved}, which is not on the journal's chain"
@@ -280,10 +281,13 @@ def verify_run(paths: RunPaths) -> VerifyReport:
 
 
 def verified_events(paths: RunPaths) -> tuple[list[Event], VerifyReport]:
-    """The events a count may use: `verify_run`'s trusted prefix (all of them when the journal verifies)."""
+    """The events a count may use: `verify_run`'s trusted prefix (all of them when the journal verifies).
+
+    Only that prefix is parsed: lines past it may be anything a forger wrote.
+    """
     report = verify_run(paths)
-    events = read_events(paths.journal) if paths.journal.is_file() else []
-    return events[: report.trusted], report
+    events = list(islice(iter_events(paths.journal), report.trusted)) if report.trusted else []
+    return events, report
 
 
 def now_iso() -> str:

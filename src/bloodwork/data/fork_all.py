@@ -69,8 +69,8 @@ def trap_states(run_dir: Path, every: int | None = None) -> list[tuple[int, str]
     by_tick: dict[int, list[str]] = {}
     for e in events:
         if e.kind == "trap":
-            injected = " (injected)" if e.data.get("injected") else ""
-            by_tick.setdefault(e.tick, []).append(f"{e.data.get('kind')}{injected}")
+            injected = " (injected)" if e.data.injected else ""
+            by_tick.setdefault(e.tick, []).append(f"{e.data.kind}{injected}")
         elif e.kind == "recovery":
             by_tick.setdefault(e.tick, []).append("")  # "" marks the recovery
         elif e.kind == "panic":

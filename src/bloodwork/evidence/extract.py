@@ -19,10 +19,10 @@ from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
+from bloodwork.chronos.records import PanicEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, verified_events, verify_run
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
-EVENT_KINDS = ("trap", "panic", "recovery", "death")
 BUNDLED = (".journal.log", "trace.jsonl", "dirty_trace.jsonl", "run.json")
 Origin = Literal["injected", "natural", "mixed"]
 
@@ -91,7 +91,7 @@ def _streak_origins(events: list[Event]) -> dict[int, Origin]:
     last_panic: Origin = "natural"
     for e in events:
         if e.kind == "trap":
-            streak.append(bool(e.data.get("injected")))
+            streak.append(e.data.injected)
         elif e.kind == "panic":
             last_panic = origins[e.seq] = _origin(streak)
             streak = []
@@ -122,18 +122,19 @@ def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
     origins = _streak_origins(events)
     out = []
     for e in events:
-        if e.kind not in EVENT_KINDS:
-            continue
         if e.kind == "trap":
-            kind, origin = e.data["kind"], "injected" if e.data.get("injected") else "natural"
+            kind, origin = e.data.kind, "injected" if e.data.injected else "natural"
         elif e.kind == "recovery":
             kind, origin = "RECOVERY", origins.get(e.seq, "natural")
+        elif e.kind in ("panic", "death"):
+            kind, origin = e.data.cause, origins.get(e.seq, "natural")
         else:
-            kind, origin = e.data["cause"], origins.get(e.seq, "natural")
+            continue
+        data = e.data.model_dump()
         out.append(ThrashEvent(run_id=manifest.run_id, seq=e.seq, tick=e.tick, event=e.kind, kind=kind, origin=origin,
                                provenance=summary.provenance, model=summary.model, task=summary.task,
-                               chaos=summary.chaos, op=e.data.get("op"), snippet=str(e.data.get("slice", ""))[:160],
-                               data={k: v for k, v in e.data.items() if k not in ("op", "slice")}))
+                               chaos=summary.chaos, op=data.pop("op", None), snippet=str(data.pop("slice", ""))[:160],
+                               data=data))
     return summary, out, events
 
 
@@ -164,7 +165,7 @@ def write_death_bundle(run: Path, events: list[Event], out: Path) -> DeathManife
         if (run / name).is_dir():
             shutil.copytree(run / name, bundle / name, dirs_exist_ok=True)
     death = next((e for e in events if e.kind == "death"), None)
-    panics = [{"tick": e.tick, **e.data} for e in events if e.kind == "panic"]
+    panics = [{"tick": e.tick, **e.data.model_dump()} for e in of_kind(events, PanicEvent)]
     cfg = manifest.config
     chaos_file = bundle / "chaos.yaml"
     chaos_file.write_text(yaml.safe_dump({k: v for k, v in manifest.chaos.items() if k != "name"}))

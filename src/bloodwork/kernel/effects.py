@@ -11,6 +11,7 @@ from typing import Any
 
 from bloodwork import prompts
 from bloodwork.chaos.plan import FaultPlan
+from bloodwork.chronos.records import ChaosData
 from bloodwork.isa import SysEdit, SysExec, SysRead, SysWrite
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.traps import TrapKind
@@ -27,7 +28,7 @@ class Outcome:
     slice_text: str
     traps: list[tuple[TrapKind, str]] = field(default_factory=list)
     changed: bool = False
-    chaos: list[dict[str, Any]] = field(default_factory=list)
+    chaos: list[ChaosData] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,10 +41,10 @@ class World:
         self.plan = plan
         self.config = config
 
-    def _chaos(self, tick: int, kind: str, target: str, **params: Any) -> dict[str, Any] | None:
+    def _chaos(self, tick: int, kind: str, target: str, **params: Any) -> ChaosData | None:
         if not self.plan.decide(tick, 0, kind):
             return None
-        return {"kind": kind, "tick": tick, "target": target, "params": params, "injected": True}
+        return ChaosData(kind=kind, tick=tick, target=target, params=params, injected=True)
 
     # -- reading ----------------------------------------------------------------------------------
     def read_slice(self, path: str, page: int) -> tuple[str, int]:
@@ -73,7 +74,7 @@ class World:
 
     # -- writing ----------------------------------------------------------------------------------
     def _write(self, tick: int, path: str, content: str, verb: str) -> Outcome:
-        chaos: list[dict[str, Any]] = []
+        chaos: list[ChaosData] = []
         fail_after = None
         fail_errno = errno.EACCES
         size = len(content.encode("utf-8"))
@@ -113,7 +114,7 @@ class World:
         cfg = self.config
         timeout = min(op.timeout_s or cfg.exec_timeout_s, cfg.exec_timeout_max_s)
         cmd = op.cmd
-        chaos: list[dict[str, Any]] = []
+        chaos: list[ChaosData] = []
         profile = self.plan.profile
         if event := self._chaos(tick, "exec_timeout", op.cmd, hang_s=3600, timeout_s=profile.exec_timeout_s):
             chaos.append(event)
@@ -132,7 +133,7 @@ class World:
                   "duration_s": res.duration_s}
         if res.timed_out:
             traps.append((TrapKind.EXEC_TIMEOUT, f"killed after {timeout:g}s"))
-        if any(c["kind"] == "log_flood" for c in chaos):
+        if any(c.kind == "log_flood" for c in chaos):
             traps.append((TrapKind.LOG_FLOOD, f"the output was buried under {profile.log_flood_chars} chars of noise"))
         elif res.size > cfg.output_ceiling_bytes:
             traps.append((TrapKind.LOG_FLOOD, f"runaway output: {res.size} bytes, over the ceiling of "
@@ -155,7 +156,7 @@ class World:
         return Outcome(d=f"sys://exec/{tick}", slice_text=head + text, traps=traps, chaos=chaos, result=result)
 
 
-def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[dict[str, Any]] | None = None,
+def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[ChaosData] | None = None,
                  changed: bool = False) -> Outcome:
     return Outcome(d=f"sys://trap/{kind.value}", slice_text=prompts.trap_slice(kind.value, detail),
                    traps=[(kind, detail)], chaos=chaos or [], changed=changed)

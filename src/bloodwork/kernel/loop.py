@@ -17,15 +17,35 @@ import traceback
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile, FaultPlan
 from bloodwork.chronos.context_log import ContextLog, history_entries
-from bloodwork.chronos.files import JsonlAppender, atomic_write, read_jsonl
+from bloodwork.chronos.files import JsonlAppender, atomic_write
 from bloodwork.chronos.journal import Journal, escape_surrogates
+from bloodwork.chronos.records import (
+    ChaosData,
+    CrashData,
+    DeathData,
+    DirtyRecord,
+    EvictData,
+    HaltData,
+    LastTick,
+    PanicData,
+    ProbeData,
+    RecoveryData,
+    ResumeData,
+    RunStartData,
+    StopData,
+    Streak,
+    TickData,
+    TraceRecord,
+    TrapData,
+    iter_records,
+)
 from bloodwork.chronos.run import (
     Provenance,
     RunDirError,
@@ -72,12 +92,6 @@ class KernelError(Exception):
 
 class KernelCrash(Exception):
     """A kernel bug stopped the run; the journal and `crash.txt` say where."""
-
-
-class Streak(BaseModel):
-    first_tick: int
-    first_ts: float
-    traps: list[str] = Field(default_factory=list)
 
 
 class Registers(BaseModel):
@@ -194,10 +208,10 @@ class Kernel:
                          chaos, runner=runner)
             kernel.task.start(kernel.runner, seed=seed, resumed=False)
             kernel.R.slice_id = kernel.blobs.put(kernel._start_slice())
-            kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
-                                                  "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
-                                                  "panic_budget": config.panic_budget, "sandbox": runner.kind,
-                                                  "world_index": kernel.world_index.kind})
+            kernel.journal.stage(0, RunStartData(run_id=run_id, task=task.id, model=oracle.spec,
+                                                 provenance=oracle.provenance, seed=seed, chaos=chaos.name,
+                                                 panic_budget=config.panic_budget, sandbox=runner.kind,
+                                                 world_index=kernel.world_index.kind))
             kernel._persist()
             kernel._save_manifest()
         except BaseException:
@@ -249,7 +263,7 @@ class Kernel:
         recovered = cls._truncate_uncommitted(paths, registers)
         registers.status = RunStatus.RUNNING
         kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
-        for rec in read_jsonl(paths.trace):
+        for rec in iter_records(paths.trace, TraceRecord):
             kernel.detectors.replay_record(rec)
         if registers.history_span:
             entries = history_entries(paths.context)
@@ -261,8 +275,8 @@ class Kernel:
         manifest.verifier = None  # a verdict on the world as the run last ended; the run goes on from here
         kernel._save_manifest()
         kernel.task.start(kernel.runner, seed=manifest.seed, resumed=True)
-        kernel.journal.stage(registers.tick, "resume", {"at_tick": registers.tick, "discarded_uncommitted": recovered,
-                                                         "resumes": manifest.resumes})
+        kernel.journal.stage(registers.tick, ResumeData(at_tick=registers.tick, discarded_uncommitted=recovered,
+                                                        resumes=manifest.resumes))
         kernel._persist()
         return kernel
 
@@ -357,7 +371,7 @@ class Kernel:
         R = self.R
         tick = R.tick
         started = time.perf_counter()
-        chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
+        chaos = [ChaosData.model_validate(c) for c in self.task.on_tick(self.runner, tick, self.manifest.seed)]
         world_before = self.world_index.digest()
         slice_text = self._observe()
         ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick,
@@ -372,12 +386,13 @@ class Kernel:
         ask_s = time.perf_counter() - t_ask
         verdict = parse(completion.text) if completion.error is None else None
         self.dirty.append(self._dirty_record(tick, call_index, completion, verdict))
-        chaos += [{**i, "tick": tick, "target": "oracle", "injected": True} for i in completion.injected]
+        chaos += [ChaosData.model_validate({**i, "tick": tick, "target": "oracle", "injected": True})
+                  for i in completion.injected]
 
         frame = verdict.accepted(self.config.parse_mode) if verdict else None
         fp = fingerprint(frame.op.model_dump(mode="json")) if frame else None
         blocked = False
-        halted: dict[str, Any] | None = None
+        halted: HaltData | None = None
         if completion.error is not None:
             outcome = trap_outcome(TrapKind.ORACLE_FAULT, f"{completion.error_class or 'error'}: {completion.error}")
         elif frame is None:
@@ -401,17 +416,17 @@ class Kernel:
         if halted is None and (idle := self.detectors.after(tick, act, seen, progress)):
             traps.append(idle)
         kinds = [k for k, _ in traps]
-        injected_kinds = {CHAOS_TRAPS[c["kind"]] for c in chaos if c.get("kind") in CHAOS_TRAPS}
+        injected_kinds = {CHAOS_TRAPS[c.kind] for c in chaos if c.kind in CHAOS_TRAPS}
         panic_kind = self.detectors.panic(tick, kinds) if kinds else None
 
         J = self.journal
         if probe is not None:
-            J.stage(tick, "probe", probe)
+            J.stage(tick, probe)
         for event in chaos:
-            J.stage(tick, "chaos", event)
+            J.stage(tick, event)
         evictions = list(ctx.evictions) + ([reg_evict.model_copy(update={"tick": tick})] if reg_evict else [])
         for ev in evictions:
-            J.stage(tick, "evict", ev.model_dump())
+            J.stage(tick, EvictData.model_validate(ev.model_dump()))
             if ev.section == "observation":
                 R.masked_below = max(R.masked_below, ev.tick + 1)
                 # An entry masked and then evicted in the same build was never shown masked.
@@ -420,22 +435,22 @@ class Kernel:
                         self.ctx_log.mask_entry(ev.tick, entry.observation)
         op_json = frame.op.model_dump(mode="json", exclude={"content"}) if frame else None
         for kind, detail in traps:
-            J.stage(tick, "trap", {"kind": kind.value, "detail": detail[:500], "injected": kind in injected_kinds,
-                                   "op": op_json, "d": outcome.d, "slice": outcome.slice_text[:240]})
-        J.stage(tick, "tick", {"op": op_json["name"] if op_json else None, "fp": fp, "call_index": call_index,
-                               "strict_ok": verdict.strict_ok if verdict else None,
-                               "lenient_ok": verdict.lenient_ok if verdict else None,
-                               "violation": verdict.violation if verdict else None, "blocked": blocked,
-                               "progress": progress, "changed": outcome.changed, "d_next": outcome.d,
-                               "slice_digest": slice_digest, "context_tokens": ctx.total_tokens,
-                               "latency_ms": round(completion.latency_ms, 3), "ask_s": round(ask_s, 6),
-                               "traps": [k.value for k in kinds]})
+            J.stage(tick, TrapData(kind=kind.value, detail=detail[:500], injected=kind in injected_kinds, op=op_json,
+                                   d=outcome.d, slice=outcome.slice_text[:240]))
+        J.stage(tick, TickData(op=op_json["name"] if op_json else None, fp=fp, call_index=call_index,
+                               strict_ok=verdict.strict_ok if verdict else None,
+                               lenient_ok=verdict.lenient_ok if verdict else None,
+                               violation=verdict.violation if verdict else None, blocked=blocked,
+                               progress=progress, changed=outcome.changed, d_next=outcome.d,
+                               slice_digest=slice_digest, context_tokens=ctx.total_tokens,
+                               latency_ms=round(completion.latency_ms, 3), ask_s=round(ask_s, 6),
+                               traps=[k.value for k in kinds]))
 
         if R.streak and not traps and progress and frame is not None:
             now = time.time()
-            J.stage(tick, "recovery", {"streak_start_tick": R.streak.first_tick, "traps": R.streak.traps,
-                                       "mttr_ticks": tick - R.streak.first_tick,
-                                       "mttr_s": round(now - R.streak.first_ts, 3), "op": op_json})
+            J.stage(tick, RecoveryData(streak_start_tick=R.streak.first_tick, traps=R.streak.traps,
+                                       mttr_ticks=tick - R.streak.first_tick,
+                                       mttr_s=round(now - R.streak.first_ts, 3), op=op_json))
             R.streak = None
         if traps:
             if R.streak is None:
@@ -455,14 +470,14 @@ class Kernel:
             R.panics += 1
             for entry in self.history:
                 tokens = self.builder.count(entry.action) + self.builder.count(entry.observation)
-                J.stage(tick, "evict", {"section": "history", "tick": entry.tick, "reason": "panic: history cleared",
-                                        "tokens": tokens})
+                J.stage(tick, EvictData(section="history", tick=entry.tick, reason="panic: history cleared",
+                                        tokens=tokens))
             self.history.clear()
             self.detectors.reset()
             R.goal_in_history = True
             R.goal_pinned_at = tick + 1
-            J.stage(tick, "panic", {"cause": panic_kind.value, "streak": R.streak.model_dump() if R.streak else None,
-                                    "budget_left": R.panic_budget_left, "panic_no": R.panics})
+            J.stage(tick, PanicData(cause=panic_kind.value, streak=R.streak, budget_left=R.panic_budget_left,
+                                    panic_no=R.panics))
             R.streak = None
             d_next = "sys://panic"
             next_slice = prompts.panic_slice(R.panics, panic_kind.value, dict(traps)[panic_kind], R.panic_budget_left,
@@ -470,25 +485,23 @@ class Kernel:
             if R.panic_budget_left <= 0:
                 R.status = RunStatus.DIED
                 R.cause_of_death = panic_kind.value
-                last = read_jsonl(self.paths.trace)[-5:]
-                J.stage(tick, "death", {"cause": panic_kind.value, "panics": R.panics, "tick": tick,
-                                        "last_ticks": [{"tick": r["tick"], "op": (r.get("frame") or {}).get("op", {})
-                                                        .get("name"), "traps": r["traps"]} for r in last],
-                                        "q": q_next, "d": d_next})
+                last = list(iter_records(self.paths.trace, TraceRecord))[-5:]
+                J.stage(tick, DeathData(cause=panic_kind.value, panics=R.panics, tick=tick,
+                                        last_ticks=[LastTick(tick=r.tick, op=r.op_name, traps=r.traps) for r in last],
+                                        q=q_next, d=d_next))
         if halted is not None:
-            J.stage(tick, "halt", halted)
+            J.stage(tick, halted)
             R.status = RunStatus.COMPLETED
-            self.manifest.verifier = halted["verifier"]  # the verdict that accepted the halt is the run's
+            self.manifest.verifier = halted.verifier  # the verdict that accepted the halt is the run's
 
-        trace_rec = {"tick": tick, "q": R.q, "d": R.d, "slice_digest": digest(slice_text), "next_digest": slice_digest,
-                     "frame": frame.model_dump(mode="json") if frame else None, "call_index": call_index,
-                     "verdict": "strict" if verdict and verdict.strict_ok else (
-                         "lenient" if verdict and verdict.lenient_ok else "invalid"),
-                     "q_next": q_next, "d_next": d_next, "result": outcome.result, "traps": [k.value for k in kinds],
-                     "blocked": blocked, "progress": progress, "changed": outcome.changed, "seen": seen,
-                     "world": [world_before, world_after],
-                     "panic": panic_kind.value if panic_kind else None, "ts": round(time.time(), 3)}
-        self.trace.append(trace_rec)
+        self.trace.append(TraceRecord(
+            tick=tick, q=R.q, d=R.d, slice_digest=digest(slice_text), next_digest=slice_digest,
+            frame=frame.model_dump(mode="json") if frame else None, call_index=call_index,
+            verdict="strict" if verdict and verdict.strict_ok else ("lenient" if verdict and verdict.lenient_ok
+                                                                    else "invalid"),
+            q_next=q_next, d_next=d_next, result=outcome.result, traps=[k.value for k in kinds], blocked=blocked,
+            progress=progress, changed=outcome.changed, seen=seen, world=(world_before, world_after),
+            panic=panic_kind.value if panic_kind else None, ts=round(time.time(), 3)))
         goal_shown = self.builder.goal_text if goal_present else None
         self.ctx_log.record_tick(tick, system=self.builder.system, goal=goal_shown, history=ctx_history_span,
                                  tail=ctx.tail, meta={
@@ -507,24 +520,23 @@ class Kernel:
             self.on_tick({"tick": tick, "traps": [k.value for k in kinds], "panic": bool(panic_kind),
                           "status": R.status.value, "harness_s": time.perf_counter() - started - ask_s})
 
-    def _probe(self, tick: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def _probe(self, tick: int, messages: list[dict[str, str]]) -> ProbeData:
         """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
         question = {"role": "user", "content": prompts.PROBE_QUESTION}
         c = self.oracle.complete([*messages, question], None,
                                  call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe",
                                                workspace=self.paths.workspace))
-        record = self._dirty_record(tick, tick, c, None) | {"purpose": "probe"}
-        self.dirty.append(record)
-        return {"answer": c.text, "error": c.error, "latency_ms": round(c.latency_ms, 3),
-                "context_tokens": self.builder.count("".join(m["content"] for m in messages))}
+        self.dirty.append(self._dirty_record(tick, tick, c, None, purpose="probe"))
+        return ProbeData(answer=c.text, error=c.error, latency_ms=round(c.latency_ms, 3),
+                         context_tokens=self.builder.count("".join(m["content"] for m in messages)))
 
-    def _execute(self, frame: Frame, tick: int) -> tuple[Outcome, dict[str, Any] | None]:
+    def _execute(self, frame: Frame, tick: int) -> tuple[Outcome, HaltData | None]:
         op = frame.op
         if isinstance(op, SysHalt):
             verdict = self.task.verify(self.paths.workspace, self.runner)
             if verdict.passed:
                 return Outcome(d="sys://halt", slice_text=prompts.halt_accepted(verdict.summary),
-                               changed=True), {"reason": op.reason, "verifier": verdict.model_dump()}
+                               changed=True), HaltData(reason=op.reason, verifier=verdict.model_dump())
             return trap_outcome(TrapKind.ILLEGAL_HALT, prompts.halt_refused(verdict.summary)), None
         if isinstance(op, SysRead):
             return self.world.read(op, tick), None
@@ -535,16 +547,16 @@ class Kernel:
         assert isinstance(op, SysExec)
         return self.world.exec(op, tick), None
 
-    def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None) -> dict[str, Any]:
-        return {"tick": tick, "call_index": call_index, "purpose": "tick", "provenance": self.oracle.provenance,
-                "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
-                "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "queue_ms": c.queue_ms,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "retries": c.retries,
-                "finish_reason": c.finish_reason, "batch_size": c.batch_size,
-                "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
-                "lenient_ok": verdict.lenient_ok if verdict else None,
-                "violation": verdict.violation if verdict else None,
-                "lenient_violation": verdict.lenient_violation if verdict else None, "ts": round(time.time(), 3)}
+    def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None,
+                      purpose: Literal["tick", "probe"] = "tick") -> DirtyRecord:
+        return DirtyRecord(
+            tick=tick, call_index=call_index, purpose=purpose, provenance=self.oracle.provenance,
+            model=self.oracle.spec, text=c.text, error=c.error, error_class=c.error_class,
+            latency_ms=round(c.latency_ms, 3), ttft_ms=c.ttft_ms, queue_ms=c.queue_ms, prompt_tokens=c.prompt_tokens,
+            completion_tokens=c.completion_tokens, retries=c.retries, finish_reason=c.finish_reason,
+            batch_size=c.batch_size, injected=c.injected, strict_ok=verdict.strict_ok if verdict else None,
+            lenient_ok=verdict.lenient_ok if verdict else None, violation=verdict.violation if verdict else None,
+            lenient_violation=verdict.lenient_violation if verdict else None, ts=round(time.time(), 3))
 
     # -- commit and end ---------------------------------------------------------------------------
     def _persist(self) -> None:
@@ -567,7 +579,7 @@ class Kernel:
     def _end(self, status: RunStatus, cause: str | None) -> None:
         self.R.status = status
         self.R.cause_of_death = cause
-        self.journal.stage(self.R.tick, "stop", {"status": status.value, "reason": self._stop_reason})
+        self.journal.stage(self.R.tick, StopData(status=status.value, reason=self._stop_reason))
         self._persist()
         self._finish()
 
@@ -592,7 +604,7 @@ class Kernel:
             self.journal.discard()
             committed = Registers.model_validate_json(self.paths.registers.read_text())
             anchored = self.journal.head().hash == committed.journal_prev  # not so if _persist itself failed
-            self.journal.stage(self.R.tick, "crash", {"error": repr(err)[:500], "report": self.paths.crash_report.name})
+            self.journal.stage(self.R.tick, CrashData(error=repr(err)[:500], report=self.paths.crash_report.name))
             offset = self.journal.flush()
             if anchored:
                 # The committed registers (not the half-updated ones in memory) get the new head, so the chain
