@@ -216,7 +216,7 @@ def rebuild(run_dir: Path, tick: int, tokenizer: Tokenizer, out_dir: Path) -> tu
                            chaos_key=m.chaos_key or m.run_id, replay_of=m.run_id,
                            command_line=["bloodwork", "fork", str(run_dir), "--tick", str(tick)])
     if tick == 0:
-        kernel._stop_reason = "fork at tick 0: nothing to replay"  # ends before its first tick, resumable
+        kernel.stop("fork at tick 0: nothing to replay")  # ends before its first tick, resumable
     kernel.run()
     original = [s for s in signature(read_events(paths.journal)) if s[0] < tick]
     rebuilt = [s for s in signature(read_events(kernel.paths.journal)) if s[0] < tick]

@@ -5,18 +5,20 @@ from __future__ import annotations
 import errno
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bloodwork import prompts
 from bloodwork.chaos.plan import FaultPlan
-from bloodwork.chronos.records import ChaosData
-from bloodwork.isa import SysEdit, SysExec, SysRead, SysWrite
+from bloodwork.chronos.records import ChaosData, HaltData
+from bloodwork.isa import Op, SysEdit, SysExec, SysHalt, SysRead, SysWrite
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.traps import TrapKind
 from bloodwork.manifold.runner import CommandRunner
 from bloodwork.manifold.workspace import PAGE_CHARS, IOFault, PageFault, PathEscape, Workspace, page_of
+from bloodwork.tasks.base import VerifierResult
 
 SPILL_SCHEME = "spill://"
 _SPILL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -45,6 +47,22 @@ class World:
         if not self.plan.decide(tick, 0, kind):
             return None
         return ChaosData(kind=kind, tick=tick, target=target, params=params, injected=True)
+
+    def execute(self, op: Op, tick: int, verify: Callable[[], VerifierResult]) -> tuple[Outcome, HaltData | None]:
+        """Run one op; a halt is accepted (with the verdict that accepted it) only if `verify` passes."""
+        if isinstance(op, SysHalt):
+            verdict = verify()
+            if verdict.passed:
+                return Outcome(d="sys://halt", slice_text=prompts.halt_accepted(verdict.summary),
+                               changed=True), HaltData(reason=op.reason, verifier=verdict.model_dump())
+            return trap_outcome(TrapKind.ILLEGAL_HALT, prompts.halt_refused(verdict.summary)), None
+        if isinstance(op, SysRead):
+            return self.read(op, tick), None
+        if isinstance(op, SysWrite):
+            return self.write(op, tick), None
+        if isinstance(op, SysEdit):
+            return self.edit(op, tick), None
+        return self.exec(op, tick), None
 
     # -- reading ----------------------------------------------------------------------------------
     def read_slice(self, path: str, page: int) -> tuple[str, int]:
