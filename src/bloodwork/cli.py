@@ -417,14 +417,14 @@ def extract(
 
     Example: bloodwork extract runs/sweep1 --out runs/sweep1/evidence
     """
-    from bloodwork.evidence.extract import ExtractError
+    from bloodwork.chronos.run import RunsNotFound
     from bloodwork.evidence.extract import extract as run_extract
 
     try:
         # The arguments as parsed, not sys.argv: called in-process (the demo), argv is the caller's.
         generator = "bloodwork extract " + " ".join([*map(str, inputs), "--out", str(out)])
         report = run_extract(inputs, out, generator=generator)
-    except (ExtractError, *USER_ERRORS) as err:
+    except (RunsNotFound, *USER_ERRORS) as err:
         fail(one_line(err))
     console.print(f"{report.runs} runs; by status: " + ", ".join(f"{k} {v}" for k, v in report.runs_by_status.items()))
     console.print(f"deaths: {len(report.deaths)}; natural events from real-model runs: {report.natural_events}; "

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.records import ChaosEvent, DeathEvent, of_kind
-from bloodwork.chronos.run import RunManifest, RunPaths
-from bloodwork.evidence.extract import answered_tick_calls, find_runs, run_events
+from bloodwork.chronos.run import RunManifest, RunPaths, find_runs
+from bloodwork.evidence.extract import answered_tick_calls, run_events
 
 # Faults the chaos layer injects into one call (their traps are counted as traps); anything else in a
 # `chaos` event is a task-level fault that struck the task's world (a killed service, a chmod, ...).

@@ -315,3 +315,29 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+class RunsNotFound(ValueError):
+    """A path given as runs does not exist, or no run directory is under the paths given."""
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
+    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
+    folder itself to extract them)."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise RunsNotFound(f"{path} does not exist")
+        if (path / "run.json").is_file() and (path / ".journal.log").is_file():
+            found.append(path)
+            continue
+        for manifest in sorted(path.rglob("run.json")):
+            run = manifest.parent
+            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
+                continue
+            if (run / ".journal.log").is_file():
+                found.append(run)
+    if not found:
+        raise RunsNotFound(f"no run directories under {', '.join(map(str, paths))}")
+    return sorted(set(found))

@@ -39,7 +39,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import canonical_json, read_events
@@ -186,10 +185,8 @@ class _ForkOracle:
 
 def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
-    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
-    head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
-    text = prompts.drop_old_exec_duration(canonical_json(messages))
-    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
+    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones."""
+    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", canonical_json(messages)))
 
 
 def find_forks(paths: list[Path]) -> list[ForkRecord]:

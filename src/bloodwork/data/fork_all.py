@@ -23,9 +23,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import atomic_write
-from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, RunManifest, RunPaths, now_iso, verified_events
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, RunManifest, RunPaths, find_runs, now_iso, verified_events
 from bloodwork.data.fork import FORK_FILE, ForkError, ForkRecord, fork_run, is_fork_artifact
-from bloodwork.evidence.extract import find_runs
 from bloodwork.kernel import KernelCrash
 
 INDEX_FILE = "forks.json"

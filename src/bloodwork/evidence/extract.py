@@ -20,37 +20,11 @@ from pydantic import BaseModel, Field
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
 from bloodwork.chronos.records import PanicEvent, of_kind
-from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, verified_events, verify_run
+from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, find_runs, verified_events, verify_run
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
 BUNDLED = (".journal.log", "trace.jsonl", "dirty_trace.jsonl", "run.json")
 Origin = Literal["injected", "natural", "mixed"]
-
-
-class ExtractError(ValueError):
-    """Nothing to extract, or a path that is not a run or sweep."""
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
-    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
-    folder itself to extract them)."""
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise ExtractError(f"{path} does not exist")
-        if (path / "run.json").is_file() and (path / ".journal.log").is_file():
-            found.append(path)
-            continue
-        for manifest in sorted(path.rglob("run.json")):
-            run = manifest.parent
-            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
-                continue
-            if (run / ".journal.log").is_file():
-                found.append(run)
-    if not found:
-        raise ExtractError(f"no run directories under {', '.join(map(str, paths))}")
-    return sorted(set(found))
 
 
 class ThrashEvent(BaseModel):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from bloodwork.evidence.extract import find_runs
+from bloodwork.chronos.run import find_runs
 from bloodwork.evidence.heatmap import (
     ComparisonSeries,
     HeatmapFile,
