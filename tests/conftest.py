@@ -11,13 +11,24 @@ import pytest
 import yaml
 
 from bloodwork.chaos.plan import ChaosProfile
-from bloodwork.chronos.journal import Event, read_events
+from bloodwork.chronos.journal import GENESIS, Event, canonical_json, line_hash, read_events
 from bloodwork.chronos.run import RunPaths
 from bloodwork.kernel import Kernel, KernelConfig, RunResult
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.folder import FolderTask
 
 requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+def forge_chain(path: Path, events: list[dict[str, Any]], *, seq: int = 0, prev: str = GENESIS) -> None:
+    """What an attacker with write access does: append lines of any content with every hash recomputed,
+    so the chain is valid (not through `Journal`, which writes only the kernel's records)."""
+    with open(path, "a", encoding="utf-8") as fh:
+        for e in events:
+            body = {"seq": seq, "ts": 1.0, "tick": e["tick"], "kind": e["kind"], "data": e["data"], "prev": prev}
+            prev = line_hash(prev, body)
+            fh.write(canonical_json({**body, "hash": prev}) + "\n")
+            seq += 1
 
 
 def frame(op: dict[str, Any], thought: str = "t", q: str = "q") -> str:

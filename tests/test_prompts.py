@@ -47,9 +47,6 @@ def test_split_exec_head_inverts_exec_head(cmd: str, exit_code: int, timed_out: 
     head = prompts.exec_head(cmd, exit_code, 42, timed_out, spawn_error)
     rest = (f"[{spawn_error}]\n" if spawn_error else "") + "5 passed\n"
     assert prompts.split_exec_head(head + "5 passed\n") == (cmd, exit_code, timed_out is not None, rest)
-    old = "$ ls\n[exit 2, 0.41s, 0 bytes of output]\n"  # heads recorded before 2026-11-28 held the duration
-    assert prompts.split_exec_head(old) == ("ls", 2, False, "")
-    assert prompts.drop_old_exec_duration(old) == prompts.exec_head("ls", 2, 0, None, None)
     assert prompts.split_exec_head(prompts.trap_slice("IO_FAULT", "x")) is None
     assert prompts.is_write_result(prompts.write_result("write", "PR.md", 3, True), "PR.md")
     assert not prompts.is_write_result(prompts.write_result("write", "PR.md.bak", 3, True), "PR.md")

@@ -30,8 +30,7 @@ import yaml
 import bloodwork.sweep
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
-from bloodwork.evidence.extract import find_runs
+from bloodwork.chronos.run import RunManifest, RunPaths, find_runs
 from bloodwork.sweep import Sweep, SweepError, SweepSpec, cells
 from tests.conftest import make_task
 

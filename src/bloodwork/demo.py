@@ -20,6 +20,7 @@ from rich.table import Table
 from bloodwork.campaign.html import render_sweep
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.records import RecoveryEvent, TrapEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, verify_run
 from bloodwork.cli import app
 from bloodwork.evidence.extract import answered_tick_calls, call_times
@@ -38,8 +39,8 @@ def summarize(run_dir: Path) -> dict[str, object]:
     events = read_events(paths.journal)
     calls = answered_tick_calls(read_jsonl(paths.dirty))
     times = call_times(calls)
-    mttr = [e.data["mttr_ticks"] for e in events if e.kind == "recovery"]
-    traps = Counter(f"{e.data['kind']}{'*' if e.data.get('injected') else ''}" for e in events if e.kind == "trap")
+    mttr = [e.data.mttr_ticks for e in of_kind(events, RecoveryEvent)]
+    traps = Counter(f"{e.data.kind}{'*' if e.data.injected else ''}" for e in of_kind(events, TrapEvent))
     return {"run": manifest.run_id, "status": manifest.status.value, "ticks": manifest.ticks,
             "cause": manifest.cause_of_death or "", "panics": sum(1 for e in events if e.kind == "panic"),
             "traps": ", ".join(f"{k} {v}" for k, v in traps.most_common()),

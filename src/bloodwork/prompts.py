@@ -218,18 +218,7 @@ def exec_head(cmd: str, exit_code: int, size: int, timed_out_after: float | None
     return head + (f"[{spawn_error}]\n" if spawn_error else "")
 
 
-# Heads written before 2026-11-28 held the wall-clock duration (`[exit 2, 0.41s, ...]`); a take-over or a
-# fork of such a run still reads them.
-_EXEC_HEAD = re.compile(r"\$ (.*?)\n\[exit (-?\d+)(, TIMED OUT after [^\],]*)?(?:, [\d.]+s)?, \d+ bytes of output\]\n",
-                        re.DOTALL)
-
-
-_OLD_EXEC_DURATION = re.compile(r"(\[exit -?\d+(?:, TIMED OUT after [\d.]+s)?), \d+\.\d+s(, \d+ bytes of output\])")
-
-
-def drop_old_exec_duration(text: str) -> str:
-    """Any text (a slice, or messages as JSON) with the duration of old exec heads taken out, as written now."""
-    return _OLD_EXEC_DURATION.sub(r"\1\2", text)
+_EXEC_HEAD = re.compile(r"\$ (.*?)\n\[exit (-?\d+)(, TIMED OUT after [^\],]*)?, \d+ bytes of output\]\n", re.DOTALL)
 
 
 def split_exec_head(slice_text: str) -> tuple[str, int, bool, str] | None:

@@ -181,11 +181,11 @@ class Sweep:
         self._kernels[cell.cell_id] = kernel
         kernel.on_tick = on_tick
         if self._stopping:
-            kernel._stop_reason = "sweep interrupted"
+            kernel.stop("sweep interrupted")
         try:
             result = kernel.run()
         except KernelCrash as err:
-            return CellResult(cell_id=cell.cell_id, status="crashed", ticks=kernel.R.tick, action=action,
+            return CellResult(cell_id=cell.cell_id, status="crashed", ticks=kernel.registers.tick, action=action,
                               error=str(err))
         finally:
             self._kernels.pop(cell.cell_id, None)
@@ -196,7 +196,7 @@ class Sweep:
         """Ask every running cell to stop after its current tick (it can be resumed later)."""
         self._stopping = True
         for kernel in list(self._kernels.values()):
-            kernel._stop_reason = "sweep interrupted"
+            kernel.stop("sweep interrupted")
 
     def run(self, on_cell: Callable[[CellResult], None] | None = None,
             on_tick: Callable[[str, dict[str, Any]], None] | None = None) -> list[CellResult]:

@@ -59,7 +59,7 @@ def test_exec_timeout_really_hangs_and_is_killed(runner):
     assert time.monotonic() - start >= 2.0  # the profile's 2 s timeout really elapsed
     trace = read_jsonl(paths.trace)[0]
     assert trace["traps"] == ["EXEC_TIMEOUT"] and trace["result"]["timed_out"]
-    assert [c.data["kind"] for c in events(paths, "chaos")] == ["exec_timeout"]
+    assert [c.data.kind for c in events(paths, "chaos")] == ["exec_timeout"]
 
 
 @requires_bwrap
@@ -75,8 +75,8 @@ def test_write_faults_leave_a_partial_file(runner, kind, errno_name):
     _, paths = runner.run([WRITE], chaos={kind: 1.0})
     assert (paths.workspace / "out.txt").read_text() == ("0123456789" * 4)[:20]
     trap = events(paths, "trap")[0]
-    assert trap.data["kind"] == "IO_FAULT" and trap.data["injected"]
-    assert events(paths, "chaos")[0].data["params"]["errno"] == errno_name
+    assert trap.data.kind == "IO_FAULT" and trap.data.injected
+    assert events(paths, "chaos")[0].data.params["errno"] == errno_name
 
 
 @requires_bwrap
@@ -92,10 +92,10 @@ def test_log_flood_buries_the_output_and_spills_it(runner):
 def test_oracle_faults_reach_the_kernel_as_traps(runner):
     _, paths = runner.run([EXEC], chaos={"oracle_error": 1.0}, run_id="err")
     assert read_jsonl(paths.trace)[0]["traps"] == ["ORACLE_FAULT"]
-    assert events(paths, "trap")[0].data["injected"]
+    assert events(paths, "trap")[0].data.injected
     _, paths = runner.run([EXEC], chaos={"oracle_truncate": 1.0}, run_id="trunc")
     dirty = read_jsonl(paths.dirty)[0]
     assert dirty["injected"][0]["kind"] == "oracle_truncate" and not dirty["strict_ok"]
-    assert events(paths, "trap")[0].data["kind"] == "SCHEMA_VIOLATION" and events(paths, "trap")[0].data["injected"]
+    assert events(paths, "trap")[0].data.kind == "SCHEMA_VIOLATION" and events(paths, "trap")[0].data.injected
     _, paths = runner.run([EXEC], chaos={"oracle_slow": 1.0}, run_id="slow")
     assert read_jsonl(paths.dirty)[0]["latency_ms"] >= 2000

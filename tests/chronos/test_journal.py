@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 
 from bloodwork.chronos.journal import GENESIS, Journal, escape_surrogates, line_hash, read_events, verify
+from bloodwork.chronos.records import ChaosData, CrashData, HaltData, ResumeData, StopData
+from tests.conftest import forge_chain
 
 
 def write_journal(path: Path, n: int = 10) -> None:
     journal = Journal(path)
     for i in range(n):
-        journal.stage(i, "tick", {"i": i, "text": f"event {i} ünïcode"})
+        journal.stage(i, CrashData(error=f"event {i} ünïcode", report=str(i)))
         if i % 3 == 0:
             journal.flush()
     journal.close()
@@ -34,7 +36,7 @@ def test_one_flipped_byte_fails_at_that_line(tmp_path, line_index):
     write_journal(path)
     lines = path.read_bytes().split(b"\n")
     target = bytearray(lines[line_index])
-    pos = target.index(b'"i":') + 4  # the payload digit
+    pos = target.index(b'"report":"') + 10  # the payload digit
     target[pos] = ord("7") if target[pos] != ord("7") else ord("8")
     lines[line_index] = bytes(target)
     path.write_bytes(b"\n".join(lines))
@@ -68,7 +70,7 @@ def test_resumed_writer_continues_the_chain(tmp_path):
     write_journal(path, 4)
     report = verify(path)
     journal = Journal(path, seq=report.events, prev=report.last_hash)
-    journal.stage(4, "resume", {})
+    journal.stage(4, ResumeData(at_tick=4, discarded_uncommitted={}, resumes=1))
     journal.close()
     assert verify(path).ok and verify(path).events == 5
 
@@ -76,14 +78,14 @@ def test_resumed_writer_continues_the_chain(tmp_path):
 def test_discard_drops_staged_lines_and_keeps_the_chain(tmp_path):
     path = tmp_path / ".journal.log"
     journal = Journal(path)
-    journal.stage(0, "tick", {})
+    journal.stage(0, StopData(status="interrupted", reason=None))
     journal.flush()
-    journal.stage(1, "tick", {"uncommitted": True})
+    journal.stage(1, StopData(status="interrupted", reason="uncommitted"))
     journal.discard()
-    journal.stage(1, "crash", {})
+    journal.stage(1, CrashData(error="boom", report="crash.txt"))
     journal.close()
     report = verify(path)
-    assert report.ok and [e.kind for e in read_events(path)] == ["tick", "crash"]
+    assert report.ok and [e.kind for e in read_events(path)] == ["stop", "crash"]
 
 
 def test_every_single_byte_flip_is_detected(tmp_path):
@@ -106,10 +108,7 @@ def test_every_single_byte_flip_is_detected(tmp_path):
 def _rewrite(path: Path, events: list[dict]) -> None:
     """What an attacker with write access does: write events with every hash recomputed (a valid chain)."""
     path.unlink()
-    journal = Journal(path)
-    for e in events:
-        journal.stage(e["tick"], e["kind"], e["data"])
-    journal.close()
+    forge_chain(path, events)
 
 
 def _cut_last(path: Path, events: list[dict]) -> None:
@@ -124,12 +123,12 @@ def _truncate_half(path: Path, events: list[dict]) -> None:
 def _append_forged(path: Path, events: list[dict]) -> None:
     report = verify(path)
     journal = Journal(path, seq=report.events, prev=report.last_hash)
-    journal.stage(99, "halt", {"reason": "forged"})
+    journal.stage(99, HaltData(reason="forged", verifier={"passed": True}))
     journal.close()
 
 
 def _rewrite_middle(path: Path, events: list[dict]) -> None:
-    events[len(events) // 2]["data"] = {"i": -1, "text": "rewritten"}
+    events[len(events) // 2]["data"] = {"error": "rewritten", "report": "-1"}
     _rewrite(path, events)
 
 
@@ -142,7 +141,7 @@ def test_a_chain_that_does_not_end_at_its_committed_head_fails(tmp_path, tamper)
     path = tmp_path / ".journal.log"
     journal = Journal(path)
     for i in range(10):
-        journal.stage(i, "tick", {"i": i, "text": f"event {i}"})
+        journal.stage(i, CrashData(error=f"event {i}", report=str(i)))
     journal.flush()
     head = journal.head()
     journal.close()
@@ -157,10 +156,11 @@ def test_a_chain_that_does_not_end_at_its_committed_head_fails(tmp_path, tamper)
 def test_trusted_events_stop_at_the_head_when_events_follow_it(tmp_path):
     path = tmp_path / ".journal.log"
     journal = Journal(path)
-    journal.stage(0, "tick", {})
+    journal.stage(0, StopData(status="interrupted", reason=None))
     journal.flush()
     head = journal.head()
-    journal.stage(1, "tick", {})  # fsynced but never committed (the registers were not replaced)
+    # fsynced but never committed (the registers were not replaced)
+    journal.stage(1, StopData(status="interrupted", reason=None))
     journal.close()
     report = verify(path, head)
     assert not report.ok and report.trusted == 1 and report.first_bad_seq == 1
@@ -190,13 +190,13 @@ def test_lone_surrogates_are_journaled_losslessly(tmp_path):
     texts = ["\ud800", "a\udcffb", "\ude00\ud83d", "pair \ud83d\ude00 joins", "\\ud800 is six ASCII characters"]
     journal = Journal(path)
     for text in texts:
-        journal.stage(0, "probe", {"answer": text, text: "as a key too"})
+        journal.stage(0, ChaosData(kind=text, tick=0, target="oracle", params={text: "as a key too"}, injected=True))
     journal.close()
     raw = path.read_bytes()
     raw.decode("utf-8")  # valid UTF-8, whatever the model sent
     report = verify(path)
     assert report.ok and report.events == len(texts)
-    answers = [e.data["answer"] for e in read_events(path)]
+    answers = [e.data.kind for e in read_events(path) if e.kind == "chaos"]
     assert answers[:3] == texts[:3] and answers[4] == texts[4]
     assert answers[3] == "pair 😀 joins"  # JSON reads an escaped pair as the character it encodes
     assert escape_surrogates("\ud800x") == "\\ud800x" and escape_surrogates("plain ✓") == "plain ✓"

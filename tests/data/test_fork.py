@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bloodwork.chronos.context_log import messages_at
-from bloodwork.chronos.journal import Event
+from bloodwork.chronos.records import Event, parse_event
 from bloodwork.data.build import BuildOptions, build_dataset
 from bloodwork.data.fork import (
     Candidate,
@@ -133,8 +133,19 @@ def test_fork_refuses_a_tick_outside_the_run(forked, tmp_path: Path):
         fork_run(src, 1, 1, out=tmp_path / "y")
 
 
+# A whole record of each kind the labels read; a test names only the fields it is about.
+DATA: dict[str, dict[str, object]] = {
+    "tick": {"op": "SYS_READ", "fp": None, "call_index": 0, "strict_ok": True, "lenient_ok": True, "violation": None,
+             "blocked": False, "progress": True, "changed": False, "d_next": "sys://x", "slice_digest": "",
+             "context_tokens": 0, "latency_ms": 0.0, "ask_s": 0.0, "traps": []},
+    "trap": {"detail": "", "injected": False, "op": None, "d": "", "slice": ""},
+    "panic": {"streak": None, "budget_left": 1, "panic_no": 1},
+}
+
+
 def event(tick: int, event_kind: str, **data: object) -> Event:
-    return Event(seq=0, ts=0.0, tick=tick, kind=event_kind, data=data, prev="", hash="")
+    return parse_event({"seq": 0, "ts": 0.0, "tick": tick, "kind": event_kind, "data": {**DATA[event_kind], **data},
+                        "prev": "", "hash": ""})
 
 
 def test_labels_come_from_the_branch_journal():

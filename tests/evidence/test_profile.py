@@ -198,7 +198,7 @@ def test_numbers_match_a_recount_from_the_raw_files(profile, runs):
         evicted: dict[str, int] = {}
         for e in events:
             if e.kind == "evict":
-                evicted[e.data["section"]] = evicted.get(e.data["section"], 0) + e.data["tokens"]
+                evicted[e.data.section] = evicted.get(e.data.section, 0) + e.data.tokens
         assert p.eviction.evicted_tokens == evicted
         assert p.eviction.evictions == sum(1 for e in events if e.kind == "evict")
         assert [t.tick for t in p.per_tick if t.refetch] == _recount_refetches(run), run_id

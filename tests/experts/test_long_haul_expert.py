@@ -112,7 +112,7 @@ def test_keeps_working_under_chaos_default(tmp_path: Path) -> None:
     # written) and a hang into the test run; the plan's decisions are hashed, so the run is reproducible.
     done = expert_run(tmp_path, TASK, 30, seed=19, chaos="default", run_id="c19")
     _verified(done.run)
-    injected = [(e.data["kind"], e.data["injected"]) for e in done.events("trap")]
+    injected = [(e.data.kind, e.data.injected) for e in done.events("trap")]
     assert injected == [("IO_FAULT", True), ("EXEC_TIMEOUT", True)]
     assert len(done.events("recovery")) == 2 and not done.events("panic")
     assert done.ticks_used == MODULES + 2 + 2  # each fault costs one tick: the module completed, the tests rerun

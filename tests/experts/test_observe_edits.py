@@ -32,8 +32,6 @@ def test_exec_view_reads_the_kernels_exec_head(tmp_path: Path) -> None:
     assert ok is not None and ok.ok and ok.cmd == "python3 -m pytest -q" and ok.output == "5 passed\n"
     multi = exec_view("$ cat > f <<'X'\nhi\nX\n./go.sh\n[exit 1, TIMED OUT after 2s, 0 bytes of output]\n")
     assert multi is not None and multi.cmd == "cat > f <<'X'\nhi\nX\n./go.sh" and multi.timed_out and not multi.ok
-    old = exec_view("$ ls\n[exit 2, 0.41s, 0 bytes of output]\n")  # runs recorded before 2026-11-28
-    assert old is not None and old.exit_code == 2
     assert exec_view("TRAP IO_FAULT: write failed") is None and exec_view("write: a.py (3 bytes, changed)") is None
 
 

@@ -82,6 +82,6 @@ def test_recovers_from_injected_faults_under_chaos_default(tmp_path: Path) -> No
     # the fault strikes at tick 10; the plan's decisions are hashed, so the run is reproducible.
     done = expert_run(tmp_path, "ops-blindbox/config_corrupt", 30, seed=3, chaos="default", run_id="c3")
     _recovered(done.run)
-    injected = [(e.tick, e.data["kind"]) for e in done.events("trap") if e.data["injected"]]
+    injected = [(e.tick, e.data.kind) for e in done.events("trap") if e.data.injected]
     assert (10, "EXEC_TIMEOUT") in injected and len(injected) >= 3
     assert not done.events("panic")

@@ -65,7 +65,7 @@ def test_recovers_from_injected_faults_under_chaos_default(tmp_path: Path) -> No
     # the flood keeps the exit code, so the policy reads the failure through it.
     done = expert_run(tmp_path, TASK, 20, seed=35, chaos="default", run_id="rf35")
     assert _stage(done.run) == "pr_drafted"
-    assert [(e.data["kind"], e.data["injected"]) for e in done.events("trap")] == [("EXEC_TIMEOUT", True),
+    assert [(e.data.kind, e.data.injected) for e in done.events("trap")] == [("EXEC_TIMEOUT", True),
                                                                                    ("LOG_FLOOD", True)]
     assert done.result.ticks == 7 and done.events("recovery")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from bloodwork.chronos.files import sha256_file
-from bloodwork.chronos.journal import Journal, read_events, verify
+from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.run import RunPaths, committed_head, verify_run
 from bloodwork.evidence.extract import extract, verify_bundle
 from bloodwork.evidence.replay import ReplayRefused, replay_run
-from tests.conftest import Runner, frame
+from tests.conftest import Runner, forge_chain, frame
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
 MISSING = frame({"name": "SYS_READ", "path": "missing.txt"})
@@ -43,10 +43,7 @@ def copy_run(paths: RunPaths, to: Path) -> RunPaths:
 def rechain(path: Path, events: list[dict]) -> None:
     """An attacker with write access to the journal only: every hash recomputed, so the chain is valid."""
     path.unlink()
-    journal = Journal(path)
-    for e in events:
-        journal.stage(e["tick"], e["kind"], e["data"])
-    journal.close()
+    forge_chain(path, events)
 
 
 def cut_last(path: Path) -> None:
@@ -60,9 +57,9 @@ def truncate_half(path: Path) -> None:
 
 def append_forged(path: Path) -> None:
     report = verify(path)
-    journal = Journal(path, seq=report.events, prev=report.last_hash)
-    journal.stage(99, "halt", {"reason": "forged: the run completed"})
-    journal.close()
+    forge_chain(path, [{"tick": 99, "kind": "halt", "data": {"reason": "forged: the run completed",
+                                                                 "verifier": {"passed": True}}}],
+                seq=report.events, prev=report.last_hash)
 
 
 def rewrite_middle(path: Path) -> None:
@@ -99,7 +96,8 @@ def test_each_tampering_fails_verify(finished, tmp_path, tamper):
     assert verify(paths.journal).ok  # the chain alone is still self-consistent
     report = verify_run(paths)
     assert not report.ok and "committed head" in report.reason
-    assert report.trusted < len(read_events(paths.journal)) or tamper is cut_last or tamper is truncate_half
+    lines = len(paths.journal.read_bytes().splitlines())
+    assert report.trusted < lines or tamper is cut_last or tamper is truncate_half
 
 
 def test_verify_exits_1_on_a_tampered_run(finished, tmp_path):

@@ -168,5 +168,5 @@ def test_resume_cuts_the_dirty_trace_of_an_uncommitted_tick(setup, tmp_path: Pat
     cut = [p for p in (run_dir / "recovered").iterdir() if p.name.startswith("dirty_trace.jsonl.3.")]
     assert len(cut) == 1 and "sleep 3" in cut[0].read_text()
     resume = next(e for e in read_events(run_dir / ".journal.log") if e.kind == "resume")
-    assert resume.data["discarded_uncommitted"]["dirty_trace.jsonl"] == cut[0].stat().st_size
+    assert resume.data.discarded_uncommitted["dirty_trace.jsonl"] == cut[0].stat().st_size
     assert verify_run(RunPaths(run_dir)).ok

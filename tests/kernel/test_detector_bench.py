@@ -64,7 +64,7 @@ def test_a_pathological_agent_dies_at_the_computed_tick(tmp_path: Path, name: st
     deaths = events(paths, "death")
     assert [d.tick for d in deaths] == [traj.death_tick]
     panics = events(paths, "panic")
-    assert len(panics) == 3 and {p.data["cause"] for p in panics} == {traj.pathology}
-    assert {e.data["kind"] for e in events(paths, "trap")} >= {traj.pathology}
-    assert all(not e.data["injected"] for e in events(paths, "trap"))
+    assert len(panics) == 3 and {p.data.cause for p in panics} == {traj.pathology}
+    assert {e.data.kind for e in events(paths, "trap")} >= {traj.pathology}
+    assert all(not e.data.injected for e in events(paths, "trap"))
     assert verify(paths.journal).ok

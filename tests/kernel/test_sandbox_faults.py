@@ -39,7 +39,7 @@ def test_fifos_a_stopped_server_and_a_flood_are_traps_and_the_run_goes_on(runner
     traps = {r["tick"]: r["traps"] for r in read_jsonl(paths.trace)}
     assert traps == {0: [], 1: ["IO_FAULT"], 2: ["PAGE_FAULT"], 3: ["EXEC_TIMEOUT"], 4: [], 5: ["IO_FAULT"],
                      6: [], 7: [], 8: []}
-    details = {e.tick: e.data["detail"] for e in events(paths, "trap")}
+    details = {e.tick: e.data.detail for e in events(paths, "trap")}
     assert "FIFO" in details[1] and "FIFO" in details[2]
     assert "quota" in details[5]
     slices = [json.loads(line)["text"] for line in paths.blobs.read_text().splitlines()]
@@ -88,7 +88,7 @@ def test_a_signal_ends_a_run_cleanly_while_a_long_command_runs(runner: Runner, s
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["ticks"] == 0
     assert verify(run_dir / ".journal.log").ok
-    assert [e.data["reason"] for e in read_events(run_dir / ".journal.log") if e.kind == "stop"] == [sig.name]
+    assert [e.data.reason for e in read_events(run_dir / ".journal.log") if e.kind == "stop"] == [sig.name]
     if sig != signal.SIGTERM:
         return  # one resume is enough: both signals take the same path
     (script.with_name("resumed")).touch()

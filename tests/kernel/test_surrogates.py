@@ -69,7 +69,7 @@ def test_scripted_lone_surrogates_are_kept_scored_and_resumed(tmp_path: Path) ->
     assert verdicts[:4] == [(False, False, "not_json"), (False, False, "wrong_type"), (False, True, "prose_around"),
                             (False, False, "wrong_type")]
     assert verdicts[4:] == [(True, True, None)] * 2
-    probes = [e.data["answer"] for e in read_events_of(paths, "probe")]
+    probes = [e.data.answer for e in read_events_of(paths, "probe")]
     assert probes == ["my goal \udc80 is unclear"] * 3
     # what the model is shown of its own past answers is valid text: the surrogate as its visible escape
     shown = "".join(m["content"] for m in messages_at(paths.context, 2))

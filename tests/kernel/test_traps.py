@@ -18,7 +18,7 @@ HALT = frame({"name": "SYS_HALT", "reason": "done"})
 
 
 def trap_ticks(paths, kind):
-    return [e.tick for e in events(paths, "trap") if e.data["kind"] == kind]
+    return [e.tick for e in events(paths, "trap") if e.data.kind == kind]
 
 
 @requires_bwrap
@@ -36,7 +36,7 @@ def trap_ticks(paths, kind):
 ])
 def test_each_trap_kind_is_journaled_at_its_tick(runner, kind, replies, tick):
     result, paths = runner.run(replies, max_ticks=len(replies) + (1 if kind == "ORACLE_FAULT" else 0))
-    assert tick in trap_ticks(paths, kind), [(e.tick, e.data["kind"]) for e in events(paths, "trap")]
+    assert tick in trap_ticks(paths, kind), [(e.tick, e.data.kind) for e in events(paths, "trap")]
     trace = read_jsonl(paths.trace)
     assert kind in trace[tick]["traps"]
     assert verify(paths.journal).ok
@@ -89,7 +89,7 @@ def test_long_output_is_paged_not_trapped_and_every_page_reads_back(runner):
     replies = [frame({"name": "SYS_EXEC", "cmd": cmd})] + [
         frame({"name": "SYS_READ", "path": "spill://exec-0.out", "page": p}) for p in range(9)]
     _, paths = runner.run(replies)
-    traps = [(e.tick, e.data["kind"]) for e in events(paths, "trap")]
+    traps = [(e.tick, e.data.kind) for e in events(paths, "trap")]
     assert traps == [(9, "PAGE_FAULT")]  # 21,600 chars are pages 0-7: only the read of page 8 is a fault
     first = read_jsonl(paths.trace)[0]
     shown = messages_at(paths.context, 1)[-1]["content"]
@@ -107,7 +107,7 @@ def test_an_injected_flood_is_a_trap_below_the_ceiling(runner):
     replies = [frame({"name": "SYS_EXEC", "cmd": "echo hello"})]
     _, paths = runner.run(replies, chaos={"log_flood": 1.0})
     traps = events(paths, "trap")
-    assert [(t.data["kind"], t.data["injected"]) for t in traps] == [("LOG_FLOOD", True)]
+    assert [(t.data.kind, t.data.injected) for t in traps] == [("LOG_FLOOD", True)]
     assert read_jsonl(paths.trace)[0]["result"]["bytes"] < 1_048_576
 
 
@@ -118,9 +118,9 @@ def test_panic_budget_spent_means_death(runner):
     assert '"status": "died"' in manifest and '"cause_of_death": "SCHEMA_VIOLATION"' in manifest
     panics = events(paths, "panic")
     assert [p.tick for p in panics] == [2, 5, 8]
-    assert [p.data["budget_left"] for p in panics] == [2, 1, 0]
+    assert [p.data.budget_left for p in panics] == [2, 1, 0]
     deaths = events(paths, "death")
-    assert len(deaths) == 1 and deaths[0].tick == 8 and deaths[0].data["cause"] == "SCHEMA_VIOLATION"
+    assert len(deaths) == 1 and deaths[0].tick == 8 and deaths[0].data.cause == "SCHEMA_VIOLATION"
     assert len(read_jsonl(paths.trace)) == 9  # nothing ran after death
     assert verify(paths.journal).ok
 
@@ -132,8 +132,8 @@ def test_recovery_records_mttr_from_first_trap(runner):
     assert result.status == RunStatus.COMPLETED
     rec = events(paths, "recovery")
     assert len(rec) == 1
-    assert rec[0].tick == 3 and rec[0].data["streak_start_tick"] == 1 and rec[0].data["mttr_ticks"] == 2
-    assert rec[0].data["traps"] == ["PAGE_FAULT", "SCHEMA_VIOLATION"]
+    assert rec[0].tick == 3 and rec[0].data.streak_start_tick == 1 and rec[0].data.mttr_ticks == 2
+    assert rec[0].data.traps == ["PAGE_FAULT", "SCHEMA_VIOLATION"]
 
 
 @requires_bwrap
@@ -153,12 +153,12 @@ def test_injected_faults_are_told_apart(runner):
     _, paths = runner.run(replies, chaos={"write_deny": 1.0}, panic_budget=5)
     chaos = events(paths, "chaos")
     traps = events(paths, "trap")
-    assert [c.data["kind"] for c in chaos] == ["write_deny"] * 3
-    assert all(t.data["kind"] == "IO_FAULT" and t.data["injected"] for t in traps)
+    assert [c.data.kind for c in chaos] == ["write_deny"] * 3
+    assert all(t.data.kind == "IO_FAULT" and t.data.injected for t in traps)
     # the partial write really happened: half of the bytes, then EACCES
     assert (paths.workspace / "f0.txt").read_text() == ("data" * 10)[:20]
     _, natural = runner.run([READ_A, frame({"name": "SYS_WRITE", "path": "sub", "content": "x"})], run_id="n")
-    assert [t.data["injected"] for t in events(natural, "trap")] == [False]
+    assert [t.data.injected for t in events(natural, "trap")] == [False]
 
 
 @requires_bwrap
@@ -167,7 +167,7 @@ def test_register_is_bounded(runner):
     _, paths = runner.run([long_q, READ_B], context={"register_max_chars": 100})
     trace = read_jsonl(paths.trace)
     assert len(trace[0]["q_next"]) == 100
-    assert any(e.data["section"] == "register" for e in events(paths, "evict"))
+    assert any(e.data.section == "register" for e in events(paths, "evict"))
 
 
 @requires_bwrap

@@ -21,9 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
-from bloodwork.chronos.run import RunManifest, RunPaths
+from bloodwork.chronos.records import ChaosEvent, DeathEvent, of_kind
+from bloodwork.chronos.run import RunManifest, RunPaths, find_runs
 from bloodwork.errors import BloodworkError
-from bloodwork.evidence.extract import answered_tick_calls, find_runs, run_events
+from bloodwork.evidence.extract import answered_tick_calls, run_events
 
 # Faults the chaos layer injects into one call (their traps are counted as traps); anything else in a
 # `chaos` event is a task-level fault that struck the task's world (a killed service, a chmod, ...).
@@ -182,8 +183,8 @@ def _deaths(runs: list[Path]) -> list[tuple[Path, RunManifest, int, int, int]]:
         if m.status.value != "died":
             continue
         events = read_events(RunPaths(run).journal)
-        death = next((e for e in events if e.kind == "death"), None)
-        if death is None or int(death.data.get("panics", 0)) < int(m.config.get("panic_budget", 0)):
+        death = next(iter(of_kind(events, DeathEvent)), None)
+        if death is None or death.data.panics < int(m.config.get("panic_budget", 0)):
             continue
         traps = [e.tick for e in events if e.kind == "trap"]
         out.append((run, m, death.tick, min(traps, default=death.tick), len(traps)))
@@ -262,7 +263,7 @@ def task_failure_recovery(a: TaskArgs, ctx: CheckContext) -> tuple[bool, Any, st
         m = RunManifest.load(paths)
         for e in read_events(paths.journal):
             traps += e.kind == "trap"
-            faults += e.kind == "chaos" and e.data.get("kind") not in CALL_FAULTS
+            faults += isinstance(e, ChaosEvent) and e.data.kind not in CALL_FAULTS
             events += e.kind == "recovery"
         verdict = m.verifier or {}
         stages[str(verdict.get("stage") or m.status.value)] += 1

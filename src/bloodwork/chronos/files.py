@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from bloodwork.chronos.journal import canonical_json
 
 
@@ -51,12 +53,10 @@ class JsonlAppender:
         self.path = path
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the run
 
-    def append(self, record: dict[str, Any]) -> int:
-        self._fh.write((canonical_json(record) + "\n").encode("utf-8"))
+    def append(self, record: dict[str, Any] | BaseModel) -> int:
+        line = record.model_dump() if isinstance(record, BaseModel) else record
+        self._fh.write((canonical_json(line) + "\n").encode("utf-8"))
         return self._fh.tell()
-
-    def sync(self) -> None:
-        os.fdatasync(self._fh.fileno())
 
     def tell(self) -> int:
         return self._fh.tell()

@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from bloodwork.chronos.records import Event, EventData, parse_event
+
 GENESIS = "0" * 64
 # A lone UTF-16 surrogate (a model can emit `"\ud800"`, and JSON decodes it to one) has no UTF-8 encoding.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -52,18 +54,6 @@ def escape_surrogates(text: str) -> str:
 
 def line_hash(prev: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev + canonical_json(body)).encode("utf-8")).hexdigest()
-
-
-class Event(BaseModel):
-    """One journal line."""
-
-    seq: int
-    ts: float
-    tick: int
-    kind: str
-    data: dict[str, Any]
-    prev: str
-    hash: str
 
 
 class JournalHead(BaseModel):
@@ -107,15 +97,15 @@ class Journal:
         self._flushed = (seq, prev)
         self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the run
 
-    def stage(self, tick: int, kind: str, data: dict[str, Any]) -> Event:
-        body = {"seq": self.seq, "ts": round(time.time(), 6), "tick": tick, "kind": kind,
-                "data": data, "prev": self.prev}
+    def stage(self, tick: int, data: EventData) -> None:
+        """Buffer one event of this tick; its `kind` is the record's (`data.EVENT`)."""
+        body = {"seq": self.seq, "ts": round(time.time(), 6), "tick": tick, "kind": data.EVENT,
+                "data": data.model_dump(), "prev": self.prev}
         digest = line_hash(self.prev, body)
         body["hash"] = digest
         self._pending.append(canonical_json(body) + "\n")
         self.seq += 1
         self.prev = digest
-        return Event.model_validate(body)
 
     def flush(self) -> int:
         """Write every staged line in one call and fsync; return the file size after."""
@@ -142,7 +132,7 @@ class Journal:
 
 
 def iter_events(path: Path) -> Iterator[Event]:
-    """Read events without checking the chain; a torn last line is skipped.
+    """Read typed events without checking the chain; a torn last line is skipped.
 
     `json.loads` first: pydantic's own JSON reader refuses the `\\ud800` escapes of lone surrogates.
     """
@@ -150,7 +140,7 @@ def iter_events(path: Path) -> Iterator[Event]:
         for raw in fh:
             if not raw.endswith(b"\n"):
                 return
-            yield Event.model_validate(json.loads(raw))
+            yield parse_event(json.loads(raw))
 
 
 def read_events(path: Path) -> list[Event]:

@@ -11,13 +11,14 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bloodwork.chronos.files import atomic_write
-from bloodwork.chronos.journal import GENESIS, Event, JournalHead, VerifyReport, iter_events, read_events, verify
+from bloodwork.chronos.files import atomic_write, read_jsonl
+from bloodwork.chronos.journal import GENESIS, Event, JournalHead, VerifyReport, iter_events, verify
 from bloodwork.errors import BloodworkError
 
 SCHEMA_VERSION = 1
@@ -272,8 +273,8 @@ def verify_run(paths: RunPaths) -> VerifyReport:
     if manifest.status != RunStatus.RUNNING:
         reason = (f"run.json of this {manifest.status.value} run names the head {saved}, registers.json {head}: "
                   "one of them was changed")
-    elif (saved.hash == GENESIS) if saved.seq == -1 else any(e.seq == saved.seq and e.hash == saved.hash
-                                                              for e in iter_events(paths.journal)):
+    elif (saved.hash == GENESIS) if saved.seq == -1 else any(e["seq"] == saved.seq and e["hash"] == saved.hash
+                                                              for e in read_jsonl(paths.journal)):
         return report  # a run killed mid-way: run.json was last saved at an earlier commit on the same chain
     else:
         reason = f"run.json names the head {saved}, which is not on the journal's chain"
@@ -281,10 +282,13 @@ def verify_run(paths: RunPaths) -> VerifyReport:
 
 
 def verified_events(paths: RunPaths) -> tuple[list[Event], VerifyReport]:
-    """The events a count may use: `verify_run`'s trusted prefix (all of them when the journal verifies)."""
+    """The events a count may use: `verify_run`'s trusted prefix (all of them when the journal verifies).
+
+    Only that prefix is parsed: lines past it may be anything a forger wrote.
+    """
     report = verify_run(paths)
-    events = read_events(paths.journal) if paths.journal.is_file() else []
-    return events[: report.trusted], report
+    events = list(islice(iter_events(paths.journal), report.trusted)) if report.trusted else []
+    return events, report
 
 
 def now_iso() -> str:
@@ -312,3 +316,29 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+class RunsNotFound(BloodworkError, ValueError):
+    """A path given as runs does not exist, or no run directory is under the paths given."""
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
+    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
+    folder itself to extract them)."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise RunsNotFound(f"{path} does not exist")
+        if (path / "run.json").is_file() and (path / ".journal.log").is_file():
+            found.append(path)
+            continue
+        for manifest in sorted(path.rglob("run.json")):
+            run = manifest.parent
+            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
+                continue
+            if (run / ".journal.log").is_file():
+                found.append(run)
+    if not found:
+        raise RunsNotFound(f"no run directories under {', '.join(map(str, paths))}")
+    return sorted(set(found))

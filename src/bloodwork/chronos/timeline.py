@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bloodwork.chronos.journal import Event, iter_events
+from bloodwork.chronos.records import EvictData, TickData, TrapData
 
 # rich styles of the events a reader looks for first; the rest stay plain
 STYLES = {"trap": "yellow", "panic": "bold red", "death": "bold white on red", "recovery": "green",
@@ -23,14 +24,14 @@ class TimelineRow(NamedTuple):
 def describe_event(e: Event) -> str:
     """What happened, in one short line: the op of a tick (and why it was not strict), a trap's kind and
     detail, what an eviction dropped; the raw data of anything else."""
-    if e.kind == "tick":
-        return f"{e.data.get('op') or '-'}" + ("" if e.data.get("strict_ok") else
-                                               f"  [{e.data.get('violation') or 'oracle error'}]")
-    if e.kind == "trap":
-        return f"{e.data['kind']}{' (injected)' if e.data.get('injected') else ''}: {e.data['detail'][:90]}"
-    if e.kind == "evict":
-        return f"{e.data['section']} of tick {e.data['tick']} ({e.data['tokens']} tokens): {e.data['reason']}"
-    return json.dumps(e.data)[:110]
+    data = e.data
+    if isinstance(data, TickData):
+        return f"{data.op or '-'}" + ("" if data.strict_ok else f"  [{data.violation or 'oracle error'}]")
+    if isinstance(data, TrapData):
+        return f"{data.kind}{' (injected)' if data.injected else ''}: {data.detail[:90]}"
+    if isinstance(data, EvictData):
+        return f"{data.section} of tick {data.tick} ({data.tokens} tokens): {data.reason}"
+    return json.dumps(data.model_dump(mode="json"))[:110]
 
 
 def timeline(journal: Path, *, from_tick: int = 0) -> Iterator[TimelineRow]:

@@ -146,14 +146,15 @@ def show(
 def _drive(kernel: Kernel) -> RunResult:
     total = kernel.config.max_ticks
     with progress(kernel.manifest.run_id[:40], transient=False) as bar_view:
-        bar = bar_view.add_task("", total=total, completed=kernel.R.tick)
+        bar = bar_view.add_task("", total=total, completed=kernel.registers.tick)
         traps: Counter[str] = Counter()
 
         def on_tick(info: dict[str, Any]) -> None:
             traps.update(info["traps"])
             shown = " ".join(f"{k}:{v}" for k, v in traps.most_common(3))
+            registers = kernel.registers
             bar_view.update(bar, completed=info["tick"] + 1,
-                            description=f"panics {kernel.R.panics} budget {kernel.R.panic_budget_left} {shown}")
+                            description=f"panics {registers.panics} budget {registers.panic_budget_left} {shown}")
 
         kernel.on_tick = on_tick
         return kernel.run()

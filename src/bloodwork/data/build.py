@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from bloodwork.chronos.files import atomic_write, sha256_file
-from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, now_iso
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, find_runs, now_iso
 from bloodwork.data.dedup import deduplicate, drop_test_matches
 from bloodwork.data.fork import ForkRecord, find_forks, is_fork_artifact
 from bloodwork.data.fork_rows import fork_examples
@@ -62,7 +62,6 @@ from bloodwork.data.mine import Example, RunView
 from bloodwork.data.mix import apply_mix
 from bloodwork.data.split import assign_splits, check_split_leak
 from bloodwork.errors import BloodworkError
-from bloodwork.evidence.extract import find_runs
 from bloodwork.evidence.stats import distribution
 
 SAME_PROMPT_PAIRS_PER_STATE = 4

@@ -39,10 +39,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
-from bloodwork.chronos.journal import Event, canonical_json, read_events
+from bloodwork.chronos.journal import canonical_json, read_events
+from bloodwork.chronos.records import ChaosEvent, DeathEvent, Event, PanicEvent, TickEvent, TrapEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.data.teacher import judge_teacher, teacher_options
@@ -186,10 +186,8 @@ class _ForkOracle:
 
 def mask_volatile(messages: Messages) -> str:
     """The messages with wall-clock timings (`0.41s`, `in 0.13s`) and the digests of output that holds them
-    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones. An exec
-    head's duration, which older runs recorded and the kernel no longer writes, is dropped."""
-    text = prompts.drop_old_exec_duration(canonical_json(messages))
-    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", text))
+    masked: a rebuilt run reruns real commands, and their timings differ from the recorded ones."""
+    return _DIGEST.sub(r"\1#", _TIMING.sub("#s", canonical_json(messages)))
 
 
 def find_forks(paths: list[Path]) -> list[ForkRecord]:
@@ -216,7 +214,7 @@ def rebuild(run_dir: Path, tick: int, tokenizer: Tokenizer, out_dir: Path) -> tu
                            chaos_key=m.chaos_key or m.run_id, replay_of=m.run_id,
                            command_line=["bloodwork", "fork", str(run_dir), "--tick", str(tick)])
     if tick == 0:
-        kernel._stop_reason = "fork at tick 0: nothing to replay"  # ends before its first tick, resumable
+        kernel.stop("fork at tick 0: nothing to replay")  # ends before its first tick, resumable
     kernel.run()
     original = [s for s in signature(read_events(paths.journal)) if s[0] < tick]
     rebuilt = [s for s in signature(read_events(kernel.paths.journal)) if s[0] < tick]
@@ -231,15 +229,16 @@ def label_branch(events: list[Event], tick: int, horizon: int) -> tuple[Label, b
     """(label, contradictory, evidence) from a branch's journal, ticks tick .. tick+horizon-1."""
     at = [e for e in events if e.tick == tick]
     later = [e for e in events if tick < e.tick < tick + horizon]
-    tick_event = next((e for e in at if e.kind == "tick"), None)
-    traps = [e for e in at if e.kind == "trap"]
-    natural = [e.data["kind"] for e in traps if not e.data.get("injected")]
-    injected = [e.data["kind"] for e in traps if e.data.get("injected")]
-    injected += [f"chaos {e.data.get('kind')}" for e in at if e.kind == "chaos" and e.data.get("target") == "oracle"]
+    tick_event = next(iter(of_kind(at, TickEvent)), None)
+    traps = [e.data for e in of_kind(at, TrapEvent)]
+    natural = [t.kind for t in traps if not t.injected]
+    injected = [t.kind for t in traps if t.injected]
+    injected += [f"chaos {e.data.kind}" for e in of_kind(at, ChaosEvent) if e.data.target == "oracle"]
     evidence = [f"tick {tick}: trap {k}{' (injected)' if k in injected else ''}" for k in natural + injected]
-    later_loops = [e for e in later if (e.kind == "trap" and e.data["kind"] in LOOP_TRAPS
-                                        and not e.data.get("injected")) or e.kind in ("panic", "death")]
-    evidence += [f"tick {e.tick}: {e.kind} {e.data.get('kind') or e.data.get('cause')}" for e in later_loops]
+    later_loops = [(e.tick, e.kind, e.data.kind if isinstance(e, TrapEvent) else e.data.cause) for e in later
+                   if (isinstance(e, TrapEvent) and e.data.kind in LOOP_TRAPS and not e.data.injected)
+                   or isinstance(e, PanicEvent | DeathEvent)]
+    evidence += [f"tick {t}: {kind} {what}" for t, kind, what in later_loops]
     label: Label
     if tick_event is None:
         label = "failed"
@@ -253,7 +252,7 @@ def label_branch(events: list[Event], tick: int, horizon: int) -> tuple[Label, b
         label = "faulted"
     elif any(e.kind == "recovery" for e in at):
         label = "recovered"
-    elif tick_event.data.get("progress"):
+    elif tick_event.data.progress:
         label = "progressed"
     elif later_loops:
         label = "thrashed"  # an idle answer that the loop detectors caught within the horizon

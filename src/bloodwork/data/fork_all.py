@@ -23,9 +23,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import atomic_write
-from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, RunManifest, RunPaths, now_iso, verified_events
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, RunManifest, RunPaths, find_runs, now_iso, verified_events
 from bloodwork.data.fork import FORK_FILE, ForkError, ForkRecord, fork_run, is_fork_artifact
-from bloodwork.evidence.extract import find_runs
 from bloodwork.kernel import KernelCrash
 
 INDEX_FILE = "forks.json"
@@ -69,8 +68,8 @@ def trap_states(run_dir: Path, every: int | None = None) -> list[tuple[int, str]
     by_tick: dict[int, list[str]] = {}
     for e in events:
         if e.kind == "trap":
-            injected = " (injected)" if e.data.get("injected") else ""
-            by_tick.setdefault(e.tick, []).append(f"{e.data.get('kind')}{injected}")
+            injected = " (injected)" if e.data.injected else ""
+            by_tick.setdefault(e.tick, []).append(f"{e.data.kind}{injected}")
         elif e.kind == "recovery":
             by_tick.setdefault(e.tick, []).append("")  # "" marks the recovery
         elif e.kind == "panic":

@@ -20,11 +20,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.files import read_jsonl
-from bloodwork.chronos.journal import Event
+from bloodwork.chronos.records import (
+    ChaosEvent,
+    DirtyRecord,
+    Event,
+    RecoveryData,
+    RecoveryEvent,
+    TickEvent,
+    TrapEvent,
+    iter_records,
+    of_kind,
+)
 from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.data.formats import Messages, Pool, prompt_sha256
 from bloodwork.kernel.traps import NEGATIVE_TRAPS
@@ -43,7 +52,7 @@ class TickView:
     traps: list[str]
     natural_traps: list[str]
     injected: bool
-    recovery: dict[str, Any] | None
+    recovery: RecoveryData | None
     halted: bool
     text: str | None
     error: str | None
@@ -118,7 +127,7 @@ class RunView:
         return float(value) if isinstance(value, int | float) else 0.0
 
     def _ticks(self) -> dict[int, TickView]:
-        calls = {r["call_index"]: r for r in read_jsonl(self.paths.dirty) if r.get("purpose", "tick") == "tick"}
+        calls = {r.call_index: r for r in iter_records(self.paths.dirty, DirtyRecord) if r.purpose == "tick"}
         windows = {r["tick"]: tuple(r["history"]) if r.get("history") else None
                    for r in read_jsonl(self.paths.context_ticks)}
         by_tick: dict[int, list[Event]] = {}
@@ -126,23 +135,22 @@ class RunView:
             by_tick.setdefault(e.tick, []).append(e)
         views: dict[int, TickView] = {}
         for tick, evs in by_tick.items():
-            tick_event = next((e for e in evs if e.kind == "tick"), None)
+            tick_event = next(iter(of_kind(evs, TickEvent)), None)
             if tick_event is None:
                 continue
             d = tick_event.data
-            traps = [e for e in evs if e.kind == "trap"]
-            chaos_on_oracle = any(e.kind == "chaos" and e.data.get("target") == "oracle" for e in evs)
-            call = calls.get(d.get("call_index", -1), {})
+            traps = [e.data for e in of_kind(evs, TrapEvent)]
+            chaos_on_oracle = any(e.data.target == "oracle" for e in of_kind(evs, ChaosEvent))
+            call = calls.get(d.call_index)
             views[tick] = TickView(
-                tick=tick, op=d.get("op"), fingerprint=d.get("fp"), strict_ok=bool(d.get("strict_ok")),
-                progress=bool(d.get("progress")), blocked=bool(d.get("blocked")),
-                traps=[e.data["kind"] for e in traps],
-                natural_traps=[e.data["kind"] for e in traps if not e.data.get("injected")],
-                injected=chaos_on_oracle or any(e.data.get("injected") for e in traps),
-                recovery=next((e.data for e in evs if e.kind == "recovery"), None),
-                halted=any(e.kind == "halt" for e in evs), text=call.get("text"),
-                error=call.get("error") if call else "no raw output recorded", history=windows.get(tick),
-                violation=d.get("violation"))
+                tick=tick, op=d.op, fingerprint=d.fp, strict_ok=bool(d.strict_ok), progress=d.progress,
+                blocked=d.blocked, traps=[t.kind for t in traps],
+                natural_traps=[t.kind for t in traps if not t.injected],
+                injected=chaos_on_oracle or any(t.injected for t in traps),
+                recovery=next((e.data for e in of_kind(evs, RecoveryEvent)), None),
+                halted=any(e.kind == "halt" for e in evs), text=call.text if call else None,
+                error=call.error if call else "no raw output recorded", history=windows.get(tick),
+                violation=d.violation)
         return views
 
     def prompt(self, tick: int) -> Messages:
@@ -192,11 +200,11 @@ class RunView:
         window_complete = True
         if pool == "recovery":
             assert t.recovery is not None
-            start = int(t.recovery["streak_start_tick"])
+            start = t.recovery.streak_start_tick
             window_complete = t.history is not None and t.history[0] <= start
-            detail = (f"streak from tick {start} ({','.join(t.recovery.get('traps', []))}), "
-                      f"mttr {t.recovery.get('mttr_ticks')} ticks")
-            traps = list(dict.fromkeys(t.recovery.get("traps", [])))
+            detail = (f"streak from tick {start} ({','.join(t.recovery.traps)}), "
+                      f"mttr {t.recovery.mttr_ticks} ticks")
+            traps = list(dict.fromkeys(t.recovery.traps))
         elif pool == "rejected":
             traps = t.natural_traps
             detail = t.violation or ""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.records import TrapEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths
 
 if TYPE_CHECKING:
@@ -74,10 +75,9 @@ def judge_teacher(cand: Candidate, base: Path, tick: int) -> None:
         reasons.append("the teacher gave no answer that could run")
     else:
         cand.score_after = _score(branch)
-        tick_traps = [e for e in read_events(RunPaths(branch).journal) if e.kind == "trap"
-                      and e.tick == tick]
+        tick_traps = [e.data.kind for e in of_kind(read_events(RunPaths(branch).journal), TrapEvent) if e.tick == tick]
         if tick_traps:
-            reasons.append("its tick trapped: " + ", ".join(e.data["kind"] for e in tick_traps))
+            reasons.append("its tick trapped: " + ", ".join(tick_traps))
         if not cand.strict_ok:
             reasons.append(f"not a strictly valid frame ({cand.violation})")
         if cand.label not in KEPT_LABELS:

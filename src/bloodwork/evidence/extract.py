@@ -19,39 +19,12 @@ from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import read_jsonl, sha256_file
 from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
-from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, verified_events, verify_run
-from bloodwork.errors import BloodworkError
+from bloodwork.chronos.records import PanicEvent, of_kind
+from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, find_runs, verified_events, verify_run
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
-EVENT_KINDS = ("trap", "panic", "recovery", "death")
 BUNDLED = (".journal.log", "trace.jsonl", "dirty_trace.jsonl", "run.json")
 Origin = Literal["injected", "natural", "mixed"]
-
-
-class ExtractError(BloodworkError, ValueError):
-    """Nothing to extract, or a path that is not a run or sweep."""
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories under the given paths (a run, a sweep, or any folder of runs); bundles excluded, and
-    so are a Ray sweep's `interrupted/` partial attempts (their cell's finished run is counted; name the
-    folder itself to extract them)."""
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise ExtractError(f"{path} does not exist")
-        if (path / "run.json").is_file() and (path / ".journal.log").is_file():
-            found.append(path)
-            continue
-        for manifest in sorted(path.rglob("run.json")):
-            run = manifest.parent
-            if "workspace" in run.parts or {"deaths", "interrupted"} & set(run.relative_to(path).parts):
-                continue
-            if (run / ".journal.log").is_file():
-                found.append(run)
-    if not found:
-        raise ExtractError(f"no run directories under {', '.join(map(str, paths))}")
-    return sorted(set(found))
 
 
 class ThrashEvent(BaseModel):
@@ -92,7 +65,7 @@ def _streak_origins(events: list[Event]) -> dict[int, Origin]:
     last_panic: Origin = "natural"
     for e in events:
         if e.kind == "trap":
-            streak.append(bool(e.data.get("injected")))
+            streak.append(e.data.injected)
         elif e.kind == "panic":
             last_panic = origins[e.seq] = _origin(streak)
             streak = []
@@ -123,18 +96,19 @@ def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
     origins = _streak_origins(events)
     out = []
     for e in events:
-        if e.kind not in EVENT_KINDS:
-            continue
         if e.kind == "trap":
-            kind, origin = e.data["kind"], "injected" if e.data.get("injected") else "natural"
+            kind, origin = e.data.kind, "injected" if e.data.injected else "natural"
         elif e.kind == "recovery":
             kind, origin = "RECOVERY", origins.get(e.seq, "natural")
+        elif e.kind in ("panic", "death"):
+            kind, origin = e.data.cause, origins.get(e.seq, "natural")
         else:
-            kind, origin = e.data["cause"], origins.get(e.seq, "natural")
+            continue
+        data = e.data.model_dump()
         out.append(ThrashEvent(run_id=manifest.run_id, seq=e.seq, tick=e.tick, event=e.kind, kind=kind, origin=origin,
                                provenance=summary.provenance, model=summary.model, task=summary.task,
-                               chaos=summary.chaos, op=e.data.get("op"), snippet=str(e.data.get("slice", ""))[:160],
-                               data={k: v for k, v in e.data.items() if k not in ("op", "slice")}))
+                               chaos=summary.chaos, op=data.pop("op", None), snippet=str(data.pop("slice", ""))[:160],
+                               data=data))
     return summary, out, events
 
 
@@ -165,7 +139,7 @@ def write_death_bundle(run: Path, events: list[Event], out: Path) -> DeathManife
         if (run / name).is_dir():
             shutil.copytree(run / name, bundle / name, dirs_exist_ok=True)
     death = next((e for e in events if e.kind == "death"), None)
-    panics = [{"tick": e.tick, **e.data} for e in events if e.kind == "panic"]
+    panics = [{"tick": e.tick, **e.data.model_dump()} for e in of_kind(events, PanicEvent)]
     cfg = manifest.config
     chaos_file = bundle / "chaos.yaml"
     chaos_file.write_text(yaml.safe_dump({k: v for k, v in manifest.chaos.items() if k != "name"}))

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from bloodwork.chronos.run import find_runs
 from bloodwork.errors import BloodworkError
-from bloodwork.evidence.extract import find_runs
 from bloodwork.evidence.heatmap import (
     ComparisonSeries,
     HeatmapFile,

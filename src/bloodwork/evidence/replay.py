@@ -14,14 +14,22 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bloodwork.chaos.plan import ChaosProfile
-from bloodwork.chronos.journal import Event, read_events
+from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.records import (
+    ChaosEvent,
+    DeathEvent,
+    Event,
+    HaltEvent,
+    PanicEvent,
+    RecoveryEvent,
+    TickEvent,
+    TrapEvent,
+)
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.evidence.extract import verify_run_or_bundle
 from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.oracles.replay import ReplayOracle
 from bloodwork.tasks.registry import load_task
-
-COMPARED = ("tick", "trap", "chaos", "panic", "recovery", "death", "halt")
 
 
 class ReplayRefused(ValueError):
@@ -42,17 +50,25 @@ class ReplayReport(BaseModel):
 
 def signature(events: list[Event]) -> list[tuple[int, str, str]]:
     """What a replay must reproduce: per event its tick, kind and what kind of thing happened."""
-    out = []
-    for e in events:
-        if e.kind not in COMPARED:
-            continue
-        detail = {"tick": lambda d: f"{d.get('op')}|{','.join(d.get('traps', []))}",
-                  "trap": lambda d: f"{d['kind']}|injected={d.get('injected')}",
-                  "chaos": lambda d: str(d.get("kind")),
-                  "panic": lambda d: str(d.get("cause")), "death": lambda d: str(d.get("cause")),
-                  "recovery": lambda d: str(d.get("mttr_ticks")), "halt": lambda d: ""}[e.kind](e.data)
-        out.append((e.tick, e.kind, detail))
-    return out
+    return [(e.tick, e.kind, detail) for e in events if (detail := _detail(e)) is not None]
+
+
+def _detail(e: Event) -> str | None:
+    """What kind of thing an event says happened; None for the events a replay need not reproduce."""
+    match e:
+        case TickEvent():
+            return f"{e.data.op}|{','.join(e.data.traps)}"
+        case TrapEvent():
+            return f"{e.data.kind}|injected={e.data.injected}"
+        case ChaosEvent():
+            return e.data.kind
+        case PanicEvent() | DeathEvent():
+            return e.data.cause
+        case RecoveryEvent():
+            return str(e.data.mttr_ticks)
+        case HaltEvent():
+            return ""
+    return None
 
 
 def replay_run(run_dir: Path, out_dir: Path) -> ReplayReport:

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import load_blobs, read_jsonl
+from bloodwork.chronos.records import EvictEvent, ProbeEvent, TickEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.evidence.probes import ProbeScore, SemanticInfo, score_probes
 from bloodwork.prompts import GOAL_PREFIX, START_LISTING
@@ -214,16 +215,14 @@ def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
     start = _start_files(blobs[ctx[min(ctx)]["tail"]]) if ctx else []
     relevance = relevance_for(manifest.task_meta, goal, start)
 
-    tick_events = {e.tick: e.data for e in events if e.kind == "tick"}
+    tick_events = {e.tick: e.data for e in of_kind(events, TickEvent)}
     evicted: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     evictions: dict[int, int] = defaultdict(int)
-    for e in events:
-        if e.kind == "evict":
-            evicted[e.tick][e.data["section"]] += int(e.data["tokens"])
-            evictions[e.tick] += 1
+    for ev in of_kind(events, EvictEvent):
+        evicted[ev.tick][ev.data.section] += ev.data.tokens
+        evictions[ev.tick] += 1
     panics = {e.tick for e in events if e.kind == "panic"}
-    probes = [{"tick": e.tick, "answer": e.data.get("answer"), "error": e.data.get("error")}
-              for e in events if e.kind == "probe"]
+    probes = [{"tick": e.tick, "answer": e.data.answer, "error": e.data.error} for e in of_kind(events, ProbeEvent)]
     scores, info = score_probes(goal, probes, semantic=semantic) if probes else ([], None)
     by_tick = {s.tick: s for s in scores}
     committed = {t: trace[t] for t in tick_events if t in trace}
@@ -236,13 +235,13 @@ def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
         span = rec.get("history")
         ticks.append(TickSignals(
             tick=t, tokens={s: int(rec.get("tokens", {}).get(s, 0)) for s in SECTIONS},
-            total=int(rec.get("total", ev.get("context_tokens", 0))), budget=int(rec.get("budget", 0)),
+            total=int(rec.get("total", ev.context_tokens)), budget=int(rec.get("budget", 0)),
             over_budget=bool(rec.get("over_budget")), history_span=tuple(span) if span else None,
             evicted=dict(evicted.get(t, {})), evicted_tokens=sum(evicted.get(t, {}).values()),
-            evictions=evictions.get(t, 0), op=ev.get("op"),
+            evictions=evictions.get(t, 0), op=ev.op,
             target=(op.get("path") or op.get("cmd") or op.get("reason")) if op else None,
-            relevant=op_relevant(op, relevance), refetch=t in refetch, traps=list(ev.get("traps", [])),
-            violation=ev.get("violation"), panic=t in panics, probe=by_tick.get(t)))
+            relevant=op_relevant(op, relevance), refetch=t in refetch, traps=list(ev.traps),
+            violation=ev.violation, panic=t in panics, probe=by_tick.get(t)))
     exact = all(r.get("exact", False) for r in ctx.values()) if ctx else False
     return RunSignals(manifest=manifest, path=str(run), goal=goal, journal_ok=journal_ok, tokens_exact=exact,
                       relevance=relevance, semantic=info, ticks=ticks)

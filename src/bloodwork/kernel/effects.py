@@ -5,17 +5,20 @@ from __future__ import annotations
 import errno
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bloodwork import prompts
 from bloodwork.chaos.plan import FaultPlan
-from bloodwork.isa import SysEdit, SysExec, SysRead, SysWrite
+from bloodwork.chronos.records import ChaosData, HaltData
+from bloodwork.isa import Op, SysEdit, SysExec, SysHalt, SysRead, SysWrite
 from bloodwork.kernel.config import KernelConfig
 from bloodwork.kernel.traps import TrapKind
 from bloodwork.manifold.runner import CommandRunner
 from bloodwork.manifold.workspace import PAGE_CHARS, IOFault, PageFault, PathEscape, Workspace, page_of
+from bloodwork.tasks.base import VerifierResult
 
 SPILL_SCHEME = "spill://"
 _SPILL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -27,7 +30,7 @@ class Outcome:
     slice_text: str
     traps: list[tuple[TrapKind, str]] = field(default_factory=list)
     changed: bool = False
-    chaos: list[dict[str, Any]] = field(default_factory=list)
+    chaos: list[ChaosData] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -40,10 +43,26 @@ class World:
         self.plan = plan
         self.config = config
 
-    def _chaos(self, tick: int, kind: str, target: str, **params: Any) -> dict[str, Any] | None:
+    def _chaos(self, tick: int, kind: str, target: str, **params: Any) -> ChaosData | None:
         if not self.plan.decide(tick, 0, kind):
             return None
-        return {"kind": kind, "tick": tick, "target": target, "params": params, "injected": True}
+        return ChaosData(kind=kind, tick=tick, target=target, params=params, injected=True)
+
+    def execute(self, op: Op, tick: int, verify: Callable[[], VerifierResult]) -> tuple[Outcome, HaltData | None]:
+        """Run one op; a halt is accepted (with the verdict that accepted it) only if `verify` passes."""
+        if isinstance(op, SysHalt):
+            verdict = verify()
+            if verdict.passed:
+                return Outcome(d="sys://halt", slice_text=prompts.halt_accepted(verdict.summary),
+                               changed=True), HaltData(reason=op.reason, verifier=verdict.model_dump())
+            return trap_outcome(TrapKind.ILLEGAL_HALT, prompts.halt_refused(verdict.summary)), None
+        if isinstance(op, SysRead):
+            return self.read(op, tick), None
+        if isinstance(op, SysWrite):
+            return self.write(op, tick), None
+        if isinstance(op, SysEdit):
+            return self.edit(op, tick), None
+        return self.exec(op, tick), None
 
     # -- reading ----------------------------------------------------------------------------------
     def read_slice(self, path: str, page: int) -> tuple[str, int]:
@@ -73,7 +92,7 @@ class World:
 
     # -- writing ----------------------------------------------------------------------------------
     def _write(self, tick: int, path: str, content: str, verb: str) -> Outcome:
-        chaos: list[dict[str, Any]] = []
+        chaos: list[ChaosData] = []
         fail_after = None
         fail_errno = errno.EACCES
         size = len(content.encode("utf-8"))
@@ -113,7 +132,7 @@ class World:
         cfg = self.config
         timeout = min(op.timeout_s or cfg.exec_timeout_s, cfg.exec_timeout_max_s)
         cmd = op.cmd
-        chaos: list[dict[str, Any]] = []
+        chaos: list[ChaosData] = []
         profile = self.plan.profile
         if event := self._chaos(tick, "exec_timeout", op.cmd, hang_s=3600, timeout_s=profile.exec_timeout_s):
             chaos.append(event)
@@ -132,7 +151,7 @@ class World:
                   "duration_s": res.duration_s}
         if res.timed_out:
             traps.append((TrapKind.EXEC_TIMEOUT, f"killed after {timeout:g}s"))
-        if any(c["kind"] == "log_flood" for c in chaos):
+        if any(c.kind == "log_flood" for c in chaos):
             traps.append((TrapKind.LOG_FLOOD, f"the output was buried under {profile.log_flood_chars} chars of noise"))
         elif res.size > cfg.output_ceiling_bytes:
             traps.append((TrapKind.LOG_FLOOD, f"runaway output: {res.size} bytes, over the ceiling of "
@@ -155,7 +174,7 @@ class World:
         return Outcome(d=f"sys://exec/{tick}", slice_text=head + text, traps=traps, chaos=chaos, result=result)
 
 
-def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[dict[str, Any]] | None = None,
+def trap_outcome(kind: TrapKind, detail: str, *, chaos: list[ChaosData] | None = None,
                  changed: bool = False) -> Outcome:
     return Outcome(d=f"sys://trap/{kind.value}", slice_text=prompts.trap_slice(kind.value, detail),
                    traps=[(kind, detail)], chaos=chaos or [], changed=changed)

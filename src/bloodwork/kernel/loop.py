@@ -3,109 +3,64 @@
 The kernel owns all state; the model is a stateless transition function. A tick is committed whole
 or not at all: its trace, context and journal lines are appended first, the journal is fsynced, and
 the registers file is replaced atomically last. The registers hold the byte offsets of every
-committed file, so a resume truncates whatever an interrupted tick had begun (keeping those bytes in
-`recovered/`) and replays nothing twice.
+committed file, so a resume truncates whatever an interrupted tick had begun (`lifecycle.py`).
 """
 
 from __future__ import annotations
 
-import secrets
 import signal
-import sys
 import time
-import traceback
 from collections.abc import Callable
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile, FaultPlan
-from bloodwork.chronos.context_log import ContextLog, history_entries
-from bloodwork.chronos.files import JsonlAppender, atomic_write, read_jsonl
+from bloodwork.chronos.context_log import ContextLog
+from bloodwork.chronos.files import JsonlAppender, atomic_write
 from bloodwork.chronos.journal import Journal, escape_surrogates
-from bloodwork.chronos.run import (
-    Provenance,
-    RunDirError,
-    RunDirLock,
-    RunManifest,
-    RunPaths,
-    RunStatus,
-    check_run_id,
-    claim_new_run_dir,
-    discard_run_dir,
-    git_sha,
-    now_iso,
-    versions,
+from bloodwork.chronos.records import (
+    ChaosData,
+    DeathData,
+    EvictData,
+    LastTick,
+    PanicData,
+    ProbeData,
+    RecoveryData,
+    StopData,
+    TraceRecord,
+    TrapData,
+    iter_records,
 )
+from bloodwork.chronos.run import RunDirLock, RunManifest, RunPaths, RunStatus, now_iso
 from bloodwork.context.builder import ContextBuilder, HistoryEntry
-from bloodwork.errors import BloodworkError
-from bloodwork.isa import (
-    Frame,
-    ParseResult,
-    SysEdit,
-    SysExec,
-    SysHalt,
-    SysRead,
-    SysWrite,
-    json_schema,
-    parse,
-)
+from bloodwork.isa import json_schema, parse
+from bloodwork.kernel import lifecycle
 from bloodwork.kernel.config import KernelConfig
-from bloodwork.kernel.effects import Outcome, World, trap_outcome
-from bloodwork.kernel.traps import CHAOS_TRAPS, Act, Detectors, TrapKind, digest, fingerprint, observation_digest
-from bloodwork.manifold.runner import CommandInterrupted, CommandRunner, SandboxError
+from bloodwork.kernel.effects import World, trap_outcome
+from bloodwork.kernel.lifecycle import KernelError, make_runner, new_run_id
+from bloodwork.kernel.registers import Registers, Streak
+from bloodwork.kernel.tick import Tick, dirty_record
+from bloodwork.kernel.traps import CHAOS_TRAPS, Act, Detectors, TrapKind, fingerprint, observation_digest
+from bloodwork.manifold.runner import CommandInterrupted, CommandRunner
 from bloodwork.manifold.workspace import PageFault, PathEscape, Workspace
 from bloodwork.manifold.worldindex import WorldIndex
-from bloodwork.oracles.base import CallInfo, Completion, Oracle
+from bloodwork.oracles.base import CallInfo, Oracle
 from bloodwork.oracles.chaotic import ChaoticOracle
 from bloodwork.tasks.base import Task
+
+__all__ = ["Kernel", "KernelCrash", "KernelError", "Registers", "RunResult", "new_run_id"]
 
 ORACLE_FAULTS = ("oracle_error", "oracle_slow", "oracle_truncate")
 ACTION_SHOWN_CHARS = 1500
 
 
-class KernelError(BloodworkError):
-    """A run cannot start or continue (bad run directory, finished run, ...)."""
-
-
 class KernelCrash(Exception):
     """A kernel bug stopped the run; the journal and `crash.txt` say where."""
-
-
-class Streak(BaseModel):
-    first_tick: int
-    first_ts: float
-    traps: list[str] = Field(default_factory=list)
-
-
-class Registers(BaseModel):
-    """Everything the next tick needs, persisted atomically after each committed tick (small by design)."""
-
-    tick: int = 0
-    q: str = ""
-    d: str = "sys://start"
-    slice_id: str = ""
-    oracle_calls: int = 0
-    panic_budget_left: int
-    panics: int = 0
-    goal_in_history: bool = True
-    goal_pinned_at: int = 0
-    history_span: tuple[int, int] | None = None
-    masked_below: int = -1
-    streak: Streak | None = None
-    journal_offset: int = 0
-    journal_seq: int = 0
-    journal_prev: str = "0" * 64
-    trace_offset: int = 0
-    context_offset: int = 0
-    # None in runs recorded before these files were cut back on resume: they are then left as they are
-    dirty_offset: int | None = None
-    history_offset: int | None = None
-    status: RunStatus = RunStatus.RUNNING
-    cause_of_death: str | None = None
 
 
 class RunResult(BaseModel):
@@ -115,11 +70,6 @@ class RunResult(BaseModel):
     ticks: int
     cause_of_death: str | None = None
     verifier: dict[str, Any] | None = None
-
-
-def new_run_id(task_id: str, spec: str, seed: int) -> str:
-    slug = "".join(c if c.isalnum() else "-" for c in f"{task_id}-{spec.split(':')[0]}")[:48].strip("-")
-    return f"{slug}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 class Kernel:
@@ -137,7 +87,7 @@ class Kernel:
         if oracle.provenance != "replay" and any(chaos.rate(k) for k in ORACLE_FAULTS):
             oracle = ChaoticOracle(oracle, self.plan)
         self.oracle = oracle
-        self.runner = runner or _make_runner(paths, config, task)
+        self.runner = runner or make_runner(paths, config, task)
         self.world = World(Workspace(paths.workspace), self.runner, paths.spill, self.plan, config)
         # The loop detectors' world state: a content digest kept up to date from what changed, not a tree walk.
         self.world_index = WorldIndex(paths.workspace)
@@ -154,170 +104,35 @@ class Kernel:
         self._dir_lock: RunDirLock | None = None
         self.on_tick: Callable[[dict[str, Any]], None] | None = None
 
-    # -- construction -----------------------------------------------------------------------------
+    # -- construction (lifecycle.py) ---------------------------------------------------------------
     @classmethod
     def create(cls, task: Task, oracle: Oracle, *, out_dir: Path, config: KernelConfig, seed: int,
                chaos: ChaosProfile, run_id: str | None = None, command_line: list[str] | None = None,
                model_options: dict[str, Any] | None = None, chaos_key: str | None = None,
                replay_of: str | None = None) -> Kernel:
-        """Start a run in `out_dir/run_id`.
-
-        What can fail without touching the disk (the run id, the manifest, the sandbox) is built first.
-        Then the directory is claimed under a lock and filled; if anything fails, the directory is removed
-        again. A kill -9 before the first commit can still leave it half-built (no registers.json): the
-        next `create` with that run id replaces it, and `resume` starts it again from its run.json.
-        """
-        run_id = run_id or new_run_id(task.id, oracle.spec, seed)
-        try:
-            check_run_id(run_id)
-            provenance = Provenance(oracle.provenance)
-        except ValueError as err:
-            raise KernelError(str(err)) from err
-        paths = RunPaths(out_dir / run_id)
-        runner = _make_runner(paths, config, task)
-        manifest = RunManifest(run_id=run_id, task=task.id, task_source=getattr(task, "source", task.id),
-                               task_meta=task.metadata, model=oracle.spec, provenance=provenance, seed=seed,
-                               chaos=chaos.model_dump(), chaos_key=chaos_key or run_id, replay_of=replay_of,
-                               config=config.model_dump(), oracle={**oracle.describe(), "options": model_options or {}},
-                               sandbox=runner.describe(), versions=versions(), git_sha=git_sha(),
-                               command_line=command_line or sys.argv, started_at=now_iso())
-        try:
-            lock = claim_new_run_dir(paths)
-        except RunDirError as err:
-            runner.close()
-            raise KernelError(str(err)) from err
-        kernel: Kernel | None = None
-        try:
-            paths.create()
-            manifest.save(paths)
-            task.prepare(paths.workspace, seed)
-            kernel = cls(paths, task, oracle, config, manifest, Registers(panic_budget_left=config.panic_budget),
-                         chaos, runner=runner)
-            kernel.task.start(kernel.runner, seed=seed, resumed=False)
-            kernel.R.slice_id = kernel.blobs.put(kernel._start_slice())
-            kernel.journal.stage(0, "run_start", {"run_id": run_id, "task": task.id, "model": oracle.spec,
-                                                  "provenance": oracle.provenance, "seed": seed, "chaos": chaos.name,
-                                                  "panic_budget": config.panic_budget, "sandbox": runner.kind,
-                                                  "world_index": kernel.world_index.kind})
-            kernel._persist()
-            kernel._save_manifest()
-        except BaseException:
-            (kernel._close if kernel is not None else runner.close)()
-            discard_run_dir(paths, lock)
-            raise
-        kernel._dir_lock = lock
-        return kernel
+        """Start a run in `out_dir/run_id` (see `lifecycle.create`)."""
+        return lifecycle.create(cls, task, oracle, out_dir=out_dir, config=config, seed=seed, chaos=chaos,
+                                run_id=run_id, command_line=command_line, model_options=model_options,
+                                chaos_key=chaos_key, replay_of=replay_of)
 
     @classmethod
     def resume(cls, run_dir: Path, task: Task, oracle: Oracle, *, max_ticks: int | None = None) -> Kernel:
         """Continue a run from its last committed tick (with `max_ticks`, to a new horizon: forks use it)."""
-        paths = RunPaths(run_dir)
-        if not paths.registers.is_file():
-            return cls._restart_creation(paths, task, oracle, max_ticks)
-        if not paths.manifest.is_file():
-            raise KernelError(f"{run_dir} is not a bloodwork run directory")
-        try:
-            lock = RunDirLock(paths.root)
-        except RunDirError as err:
-            raise KernelError(str(err)) from err
-        try:
-            kernel = cls._resume_locked(paths, task, oracle, max_ticks)
-        except BaseException:
-            lock.release()
-            raise
-        kernel._dir_lock = lock
-        return kernel
-
-    @classmethod
-    def _resume_locked(cls, paths: RunPaths, task: Task, oracle: Oracle, max_ticks: int | None) -> Kernel:
-        manifest = RunManifest.load(paths)
-        registers = Registers.model_validate_json(paths.registers.read_text())
-        extendable = registers.status == RunStatus.MAX_TICKS and max_ticks is not None and max_ticks > registers.tick
-        ended = registers.status not in (RunStatus.RUNNING, RunStatus.INTERRUPTED) and not extendable
-        if ended and manifest.status == registers.status:
-            raise KernelError(f"run {manifest.run_id} has ended ({registers.status.value}); nothing to resume")
-        if max_ticks is not None and not ended:
-            manifest.config["max_ticks"] = max_ticks
-        config = KernelConfig.model_validate(manifest.config)
-        chaos = ChaosProfile.model_validate(manifest.chaos)
-        runner = _make_runner(paths, config, task)  # before anything is written: a missing sandbox changes nothing
-        if ended:
-            # Killed after its last commit but before the manifest was final: only finish the paperwork.
-            kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
-            manifest.resumes += 1
-            kernel._finish()
-            return kernel
-        recovered = cls._truncate_uncommitted(paths, registers)
-        registers.status = RunStatus.RUNNING
-        kernel = cls(paths, task, oracle, config, manifest, registers, chaos, runner=runner)
-        for rec in read_jsonl(paths.trace):
-            kernel.detectors.replay_record(rec)
-        if registers.history_span:
-            entries = history_entries(paths.context)
-            first, last = registers.history_span
-            kernel.history = [HistoryEntry(tick=t, observation=entries[t]["observation"], action=entries[t]["action"],
-                                           masked=entries[t]["masked"]) for t in range(first, last + 1)]
-        manifest.resumes += 1
-        manifest.status = RunStatus.RUNNING
-        manifest.verifier = None  # a verdict on the world as the run last ended; the run goes on from here
-        kernel._save_manifest()
-        kernel.task.start(kernel.runner, seed=manifest.seed, resumed=True)
-        kernel.journal.stage(registers.tick, "resume", {"at_tick": registers.tick, "discarded_uncommitted": recovered,
-                                                         "resumes": manifest.resumes})
-        kernel._persist()
-        return kernel
-
-    @classmethod
-    def _restart_creation(cls, paths: RunPaths, task: Task, oracle: Oracle, max_ticks: int | None) -> Kernel:
-        """A run killed before its first commit has nothing to continue: start it again from its run.json."""
-        try:
-            manifest = RunManifest.load(paths)
-        except (OSError, ValueError) as err:
-            raise KernelError(f"{paths.root} is not a bloodwork run directory (no registers.json, no readable "
-                              "run.json); a run killed that early is started again with `bloodwork run ... "
-                              "--run-id` of the same name") from err
-        config = KernelConfig.model_validate({**manifest.config, **({"max_ticks": max_ticks} if max_ticks else {})})
-        return cls.create(task, oracle, out_dir=paths.root.parent, config=config, seed=manifest.seed,
-                          chaos=ChaosProfile.model_validate(manifest.chaos), run_id=manifest.run_id,
-                          command_line=manifest.command_line, model_options=manifest.oracle.get("options"),
-                          chaos_key=manifest.chaos_key, replay_of=manifest.replay_of)
-
-    @staticmethod
-    def _truncate_uncommitted(paths: RunPaths, R: Registers) -> dict[str, int]:
-        """Cut each committed file back to its recorded offset; keep the cut bytes as evidence."""
-        cut: dict[str, int] = {}
-        for path, offset in ((paths.journal, R.journal_offset), (paths.trace, R.trace_offset),
-                             (paths.context_ticks, R.context_offset), (paths.dirty, R.dirty_offset),
-                             (paths.context / "history.jsonl", R.history_offset)):
-            size = path.stat().st_size if path.exists() else 0
-            if offset is not None and size > offset:
-                paths.recovered.mkdir(exist_ok=True)
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    tail = fh.read()
-                (paths.recovered / f"{path.name}.{R.tick}.{int(time.time())}.uncommitted").write_bytes(tail)
-                with open(path, "r+b") as fh:
-                    fh.truncate(offset)
-                cut[path.name] = size - offset
-        return cut
-
-    def _start_slice(self) -> str:
-        listing = self.runner.run("find . -path ./.git -prune -o -type f -print | sort | head -100", 10).text
-        return prompts.start_slice(listing)
+        return lifecycle.resume(cls, run_dir, task, oracle, max_ticks=max_ticks)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> RunResult:
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in previous:
             with suppress(ValueError):
-                signal.signal(sig, self._request_stop)
+                signal.signal(sig, self._on_signal)
         try:
             while self.R.status == RunStatus.RUNNING:
                 if self._stop_reason:
-                    self._end(RunStatus.INTERRUPTED, None)
+                    self._end(RunStatus.INTERRUPTED)
                     break
                 if self.R.tick >= self.config.max_ticks:
-                    self._end(RunStatus.MAX_TICKS, None)
+                    self._end(RunStatus.MAX_TICKS)
                     break
                 self.step()
         except CommandInterrupted:
@@ -325,9 +140,9 @@ class Kernel:
             # it). Had the tick committed already (a final verification was cut), `resume` finishes it.
             self.journal.discard()
             if self.R.status == RunStatus.RUNNING:
-                self._end(RunStatus.INTERRUPTED, None)
+                self._end(RunStatus.INTERRUPTED)
         except Exception as err:
-            self._crash(err)
+            lifecycle.record_crash(self, err)
             raise KernelCrash(f"kernel crashed at tick {self.R.tick}: {err!r}; see {self.paths.crash_report}") from err
         finally:
             for sig, handler in previous.items():
@@ -336,15 +151,57 @@ class Kernel:
             self._close()
         return self.result()
 
-    def _request_stop(self, signum: int, _frame: Any) -> None:
-        self._stop_reason = signal.Signals(signum).name
-        self.runner.interrupt()  # a command (or verification) waiting now is killed at once
+    def stop(self, reason: str, *, now: bool = False) -> None:
+        """End the run as interrupted (resumable) before its next tick; `now` also kills a command running now,
+        which drops the tick in flight whole. Safe from another thread or a signal handler."""
+        self._stop_reason = reason
+        if now:
+            self.runner.interrupt()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop(signal.Signals(signum).name, now=True)
+
+    @property
+    def registers(self) -> Registers:
+        """A copy of the committed-or-current registers (tick, panics, budget, ...): the run's state is the kernel's."""
+        return self.R.model_copy(deep=True)
 
     def result(self) -> RunResult:
         return RunResult(run_id=self.manifest.run_id, run_dir=str(self.paths.root), status=self.R.status,
                          ticks=self.R.tick, cause_of_death=self.R.cause_of_death, verifier=self.manifest.verifier)
 
-    def _observe(self) -> str:
+    def step(self) -> None:
+        """One tick, in the order its effects happen and are recorded."""
+        t = self._observe()
+        self._ask(t)
+        self._act(t)
+        self._detect(t)
+        self._journal(t)
+        self._account(t)
+        self._remember(t)
+        if t.panic is not None:
+            self._panic(t)
+        if t.halted is not None:
+            self.journal.stage(t.n, t.halted)
+            self.R.status = RunStatus.COMPLETED
+            self.manifest.verifier = t.halted.verifier  # the verdict that accepted the halt is the run's
+        self._trace(t)
+        self._commit(t)
+
+    # -- the steps of a tick ----------------------------------------------------------------------
+    def _observe(self) -> Tick:
+        """The task's own events, the world as it is, the slice the model is shown, and the context built on it."""
+        R, started = self.R, time.perf_counter()
+        chaos = [ChaosData.model_validate(c) for c in self.task.on_tick(self.runner, R.tick, self.manifest.seed)]
+        world_before = self.world_index.digest()
+        slice_text = self._slice()
+        ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, R.tick,
+                                               R.goal_pinned_at)
+        return Tick(n=R.tick, started=started, chaos=chaos, world_before=world_before,
+                    slice_text=slice_text, ctx=ctx, goal_present=goal_present, call_index=R.oracle_calls,
+                    history_span=(self.history[0].tick, self.history[-1].tick) if self.history else None)
+
+    def _slice(self) -> str:
         d = self.R.d
         if d.startswith("sys://"):
             return self.blobs.get(self.R.slice_id)
@@ -354,198 +211,161 @@ class Kernel:
         except (PageFault, PathEscape) as err:
             return prompts.unreadable(d, str(err))
 
-    def step(self) -> None:
-        R = self.R
-        tick = R.tick
-        started = time.perf_counter()
-        chaos = list(self.task.on_tick(self.runner, tick, self.manifest.seed))
-        world_before = self.world_index.digest()
-        slice_text = self._observe()
-        ctx, goal_present = self.builder.build(self.history, R.q, R.d, slice_text, R.goal_in_history, tick,
-                                               R.goal_pinned_at)
-        ctx_history_span = (self.history[0].tick, self.history[-1].tick) if self.history else None
-        probe = self._probe(tick, ctx.messages) if self.config.probe_every and tick % self.config.probe_every == 0 \
-            else None
-        call_index = R.oracle_calls
+    def _ask(self, t: Tick) -> None:
+        """The probe (every `probe_every` ticks), then the model's answer, parsed; its raw text goes to the dirty
+        trace."""
+        if self.config.probe_every and t.n % self.config.probe_every == 0:
+            t.probe = self._probe(t.n, t.ctx.messages)
         t_ask = time.perf_counter()
-        call = CallInfo(self.manifest.run_id, tick, call_index, workspace=self.paths.workspace)
-        completion = self.oracle.complete(ctx.messages, self.schema, call=call)
-        ask_s = time.perf_counter() - t_ask
-        verdict = parse(completion.text) if completion.error is None else None
-        self.dirty.append(self._dirty_record(tick, call_index, completion, verdict))
-        chaos += [{**i, "tick": tick, "target": "oracle", "injected": True} for i in completion.injected]
+        call = CallInfo(self.manifest.run_id, t.n, t.call_index, workspace=self.paths.workspace)
+        t.completion = self.oracle.complete(t.ctx.messages, self.schema, call=call)
+        t.ask_s = time.perf_counter() - t_ask
+        t.verdict = parse(t.completion.text) if t.completion.error is None else None
+        self.dirty.append(dirty_record(t.n, t.call_index, t.completion, t.verdict, provenance=self.oracle.provenance,
+                                       model=self.oracle.spec))
+        t.chaos += [ChaosData.model_validate({**i, "tick": t.n, "target": "oracle", "injected": True})
+                    for i in t.completion.injected]
+        t.frame = t.verdict.accepted(self.config.parse_mode) if t.verdict else None
+        t.fp = fingerprint(t.frame.op.model_dump(mode="json")) if t.frame else None
 
-        frame = verdict.accepted(self.config.parse_mode) if verdict else None
-        fp = fingerprint(frame.op.model_dump(mode="json")) if frame else None
-        blocked = False
-        halted: dict[str, Any] | None = None
-        if completion.error is not None:
-            outcome = trap_outcome(TrapKind.ORACLE_FAULT, f"{completion.error_class or 'error'}: {completion.error}")
-        elif frame is None:
+    def _act(self, t: Tick) -> None:
+        """A failed call or an invalid frame is a trap; a guarded op is not run; anything else is executed."""
+        c, verdict = t.completion, t.verdict
+        if c.error is not None:
+            t.outcome = trap_outcome(TrapKind.ORACLE_FAULT, f"{c.error_class or 'error'}: {c.error}")
+        elif t.frame is None:
             assert verdict is not None
-            outcome = trap_outcome(TrapKind.SCHEMA_VIOLATION, f"{verdict.violation}: {verdict.detail}")
-        elif guard := self.detectors.guard(tick, fp or "", world_before):
-            blocked = True
-            outcome = trap_outcome(guard[0], guard[1] + "; the action was not run")
+            t.outcome = trap_outcome(TrapKind.SCHEMA_VIOLATION, f"{verdict.violation}: {verdict.detail}")
+        elif guard := self.detectors.guard(t.n, t.fp or "", t.world_before):
+            t.blocked = True
+            t.outcome = trap_outcome(guard[0], guard[1] + "; the action was not run")
         else:
-            outcome, halted = self._execute(frame, tick)
+            verify = partial(self.task.verify, self.paths.workspace, self.runner)  # run only by a halt
+            t.outcome, t.halted = self.world.execute(t.frame.op, t.n, verify)
+        t.chaos += t.outcome.chaos
 
-        chaos += outcome.chaos
-        q_next, reg_evict = self.builder.bound_register(frame.q_next if frame else R.q)
-        slice_digest = digest(outcome.slice_text)
-        seen = observation_digest(outcome.slice_text, command_output=outcome.d.startswith("sys://exec/"))
-        world_after = self.world_index.digest()
-        outcome.changed = outcome.changed or world_after != world_before
-        progress = outcome.changed or self.detectors.is_new(seen)
-        traps = list(outcome.traps)
-        act = Act(tick, fp, world_before, seen) if fp is not None and not blocked else None
-        if halted is None and (idle := self.detectors.after(tick, act, seen, progress)):
-            traps.append(idle)
-        kinds = [k for k, _ in traps]
-        injected_kinds = {CHAOS_TRAPS[c["kind"]] for c in chaos if c.get("kind") in CHAOS_TRAPS}
-        panic_kind = self.detectors.panic(tick, kinds) if kinds else None
+    def _detect(self, t: Tick) -> None:
+        """Where the run goes next, progress, the loop detectors' traps, and whether the traps make a panic."""
+        out = t.outcome
+        t.q_next, t.reg_evict = self.builder.bound_register(t.frame.q_next if t.frame else self.R.q)
+        t.d_next, t.next_slice = out.d, out.slice_text
+        t.seen = observation_digest(out.slice_text, command_output=out.d.startswith("sys://exec/"))
+        t.world_after = self.world_index.digest()
+        out.changed = out.changed or t.world_after != t.world_before
+        t.progress = out.changed or self.detectors.is_new(t.seen)
+        t.traps = list(out.traps)
+        act = Act(t.n, t.fp, t.world_before, t.seen) if t.fp is not None and not t.blocked else None
+        if t.halted is None and (idle := self.detectors.after(t.n, act, t.seen, t.progress)):
+            t.traps.append(idle)
+        t.panic = self.detectors.panic(t.n, [k for k, _ in t.traps]) if t.traps else None
 
-        J = self.journal
-        if probe is not None:
-            J.stage(tick, "probe", probe)
-        for event in chaos:
-            J.stage(tick, "chaos", event)
-        evictions = list(ctx.evictions) + ([reg_evict.model_copy(update={"tick": tick})] if reg_evict else [])
-        for ev in evictions:
-            J.stage(tick, "evict", ev.model_dump())
+    def _journal(self, t: Tick) -> None:
+        """The tick's events: probe, injected faults, evictions, traps, and the tick itself."""
+        J, R, out = self.journal, self.R, t.outcome
+        if t.probe is not None:
+            J.stage(t.n, t.probe)
+        for event in t.chaos:
+            J.stage(t.n, event)
+        t.evictions = list(t.ctx.evictions) + ([t.reg_evict.model_copy(update={"tick": t.n})] if t.reg_evict else [])
+        for ev in t.evictions:
+            J.stage(t.n, EvictData.model_validate(ev.model_dump()))
             if ev.section == "observation":
                 R.masked_below = max(R.masked_below, ev.tick + 1)
                 # An entry masked and then evicted in the same build was never shown masked.
                 for entry in self.history:
                     if entry.tick == ev.tick:
                         self.ctx_log.mask_entry(ev.tick, entry.observation)
-        op_json = frame.op.model_dump(mode="json", exclude={"content"}) if frame else None
-        for kind, detail in traps:
-            J.stage(tick, "trap", {"kind": kind.value, "detail": detail[:500], "injected": kind in injected_kinds,
-                                   "op": op_json, "d": outcome.d, "slice": outcome.slice_text[:240]})
-        J.stage(tick, "tick", {"op": op_json["name"] if op_json else None, "fp": fp, "call_index": call_index,
-                               "strict_ok": verdict.strict_ok if verdict else None,
-                               "lenient_ok": verdict.lenient_ok if verdict else None,
-                               "violation": verdict.violation if verdict else None, "blocked": blocked,
-                               "progress": progress, "changed": outcome.changed, "d_next": outcome.d,
-                               "slice_digest": slice_digest, "context_tokens": ctx.total_tokens,
-                               "latency_ms": round(completion.latency_ms, 3), "ask_s": round(ask_s, 6),
-                               "traps": [k.value for k in kinds]})
+        injected = {CHAOS_TRAPS[c.kind] for c in t.chaos if c.kind in CHAOS_TRAPS}
+        for kind, detail in t.traps:
+            J.stage(t.n, TrapData(kind=kind.value, detail=detail[:500], injected=kind in injected, op=t.op_json,
+                                  d=out.d, slice=out.slice_text[:240]))
+        J.stage(t.n, t.tick_data())
 
-        if R.streak and not traps and progress and frame is not None:
-            now = time.time()
-            J.stage(tick, "recovery", {"streak_start_tick": R.streak.first_tick, "traps": R.streak.traps,
-                                       "mttr_ticks": tick - R.streak.first_tick,
-                                       "mttr_s": round(now - R.streak.first_ts, 3), "op": op_json})
+    def _account(self, t: Tick) -> None:
+        """A trap opens (or extends) a streak; the first clean tick that makes progress closes it: a recovery."""
+        R = self.R
+        if R.streak and not t.traps and t.progress and t.frame is not None:
+            self.journal.stage(t.n, RecoveryData(streak_start_tick=R.streak.first_tick, traps=R.streak.traps,
+                                                 mttr_ticks=t.n - R.streak.first_tick,
+                                                 mttr_s=round(time.time() - R.streak.first_ts, 3), op=t.op_json))
             R.streak = None
-        if traps:
+        if t.traps:
             if R.streak is None:
-                R.streak = Streak(first_tick=tick, first_ts=time.time())
-            R.streak.traps += [k.value for k in kinds]
+                R.streak = Streak(first_tick=t.n, first_ts=time.time())
+            R.streak.traps += t.kinds
 
-        d_next, next_slice = outcome.d, outcome.slice_text
-        observation = prompts.observation(R.d, slice_text)
-        shown = escape_surrogates(completion.text)  # the raw text stays in the dirty trace; this is sent back
+    def _remember(self, t: Tick) -> None:
+        """The history entry later ticks show: what the model saw, and what it answered (as it can be shown)."""
+        shown = escape_surrogates(t.completion.text)  # the raw text stays in the dirty trace; this is sent back
         action = shown if len(shown) <= ACTION_SHOWN_CHARS else (
             shown[:ACTION_SHOWN_CHARS] + f"... [{len(shown) - ACTION_SHOWN_CHARS} chars cut]")
-        self.history.append(HistoryEntry(tick=tick, observation=observation, action=action or "(no answer)"))
-        self.ctx_log.add_entry(tick, observation, self.history[-1].action)
-        R.goal_in_history = goal_present
-        if panic_kind is not None:
-            R.panic_budget_left -= 1
-            R.panics += 1
-            for entry in self.history:
-                tokens = self.builder.count(entry.action) + self.builder.count(entry.observation)
-                J.stage(tick, "evict", {"section": "history", "tick": entry.tick, "reason": "panic: history cleared",
-                                        "tokens": tokens})
-            self.history.clear()
-            self.detectors.reset()
-            R.goal_in_history = True
-            R.goal_pinned_at = tick + 1
-            J.stage(tick, "panic", {"cause": panic_kind.value, "streak": R.streak.model_dump() if R.streak else None,
-                                    "budget_left": R.panic_budget_left, "panic_no": R.panics})
-            R.streak = None
-            d_next = "sys://panic"
-            next_slice = prompts.panic_slice(R.panics, panic_kind.value, dict(traps)[panic_kind], R.panic_budget_left,
-                                             self.task.goal)
-            if R.panic_budget_left <= 0:
-                R.status = RunStatus.DIED
-                R.cause_of_death = panic_kind.value
-                last = read_jsonl(self.paths.trace)[-5:]
-                J.stage(tick, "death", {"cause": panic_kind.value, "panics": R.panics, "tick": tick,
-                                        "last_ticks": [{"tick": r["tick"], "op": (r.get("frame") or {}).get("op", {})
-                                                        .get("name"), "traps": r["traps"]} for r in last],
-                                        "q": q_next, "d": d_next})
-        if halted is not None:
-            J.stage(tick, "halt", halted)
-            R.status = RunStatus.COMPLETED
-            self.manifest.verifier = halted["verifier"]  # the verdict that accepted the halt is the run's
+        self.history.append(HistoryEntry(tick=t.n, observation=prompts.observation(self.R.d, t.slice_text),
+                                         action=action or "(no answer)"))
+        self.ctx_log.add_entry(t.n, self.history[-1].observation, self.history[-1].action)
+        self.R.goal_in_history = t.goal_present
 
-        trace_rec = {"tick": tick, "q": R.q, "d": R.d, "slice_digest": digest(slice_text), "next_digest": slice_digest,
-                     "frame": frame.model_dump(mode="json") if frame else None, "call_index": call_index,
-                     "verdict": "strict" if verdict and verdict.strict_ok else (
-                         "lenient" if verdict and verdict.lenient_ok else "invalid"),
-                     "q_next": q_next, "d_next": d_next, "result": outcome.result, "traps": [k.value for k in kinds],
-                     "blocked": blocked, "progress": progress, "changed": outcome.changed, "seen": seen,
-                     "world": [world_before, world_after],
-                     "panic": panic_kind.value if panic_kind else None, "ts": round(time.time(), 3)}
-        self.trace.append(trace_rec)
-        goal_shown = self.builder.goal_text if goal_present else None
-        self.ctx_log.record_tick(tick, system=self.builder.system, goal=goal_shown, history=ctx_history_span,
-                                 tail=ctx.tail, meta={
+    def _panic(self, t: Tick) -> None:
+        """Clear the history, reset the detectors, pin the goal, spend one of the budget; none left is death."""
+        R, J, cause = self.R, self.journal, t.panic
+        assert cause is not None
+        R.panic_budget_left -= 1
+        R.panics += 1
+        for entry in self.history:
+            tokens = self.builder.count(entry.action) + self.builder.count(entry.observation)
+            J.stage(t.n, EvictData(section="history", tick=entry.tick, reason="panic: history cleared", tokens=tokens))
+        self.history.clear()
+        self.detectors.reset()
+        R.goal_in_history = True
+        R.goal_pinned_at = t.n + 1
+        J.stage(t.n, PanicData(cause=cause.value, streak=R.streak, budget_left=R.panic_budget_left, panic_no=R.panics))
+        R.streak = None
+        t.d_next = "sys://panic"
+        t.next_slice = prompts.panic_slice(R.panics, cause.value, dict(t.traps)[cause], R.panic_budget_left,
+                                           self.task.goal)
+        if R.panic_budget_left <= 0:
+            R.status = RunStatus.DIED
+            R.cause_of_death = cause.value
+            last = list(iter_records(self.paths.trace, TraceRecord))[-5:]
+            J.stage(t.n, DeathData(cause=cause.value, panics=R.panics, tick=t.n,
+                                   last_ticks=[LastTick(tick=r.tick, op=r.op_name, traps=r.traps) for r in last],
+                                   q=t.q_next, d=t.d_next))
+
+    def _trace(self, t: Tick) -> None:
+        """The tick's trace line and the exact context it was shown."""
+        R, ctx = self.R, t.ctx
+        self.trace.append(t.trace_record(R.q, R.d))
+        self.ctx_log.record_tick(t.n, system=self.builder.system, goal=self.builder.goal_text if t.goal_present
+                                 else None, history=t.history_span, tail=ctx.tail, meta={
                                      "policy": self.config.context.policy, "masked_below": R.masked_below,
                                      "tokens": ctx.section_tokens, "total": ctx.total_tokens,
                                      "budget": self.config.context.budget_tokens, "exact": self.oracle.tokenizer.exact,
-                                     "over_budget": ctx.over_budget, "evicted": [e.model_dump() for e in evictions]})
-        R.q, R.d = q_next, d_next
-        R.slice_id = self.blobs.put(next_slice)
-        R.oracle_calls = call_index + 1
-        R.tick = tick + 1
+                                     "over_budget": ctx.over_budget, "evicted": [e.model_dump() for e in t.evictions]})
+
+    def _commit(self, t: Tick) -> None:
+        """Advance the registers and commit the tick; an ended run gets its final manifest."""
+        R = self.R
+        R.q, R.d = t.q_next, t.d_next
+        R.slice_id = self.blobs.put(t.next_slice)
+        R.oracle_calls = t.call_index + 1
+        R.tick = t.n + 1
         self._persist()
         if R.status != RunStatus.RUNNING:
             self._finish()
         if self.on_tick is not None:
-            self.on_tick({"tick": tick, "traps": [k.value for k in kinds], "panic": bool(panic_kind),
-                          "status": R.status.value, "harness_s": time.perf_counter() - started - ask_s})
+            self.on_tick({"tick": t.n, "traps": t.kinds, "panic": t.panic is not None, "status": R.status.value,
+                          "harness_s": time.perf_counter() - t.started - t.ask_s})
 
-    def _probe(self, tick: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+    # -- the model and the world ------------------------------------------------------------------
+    def _probe(self, tick: int, messages: list[dict[str, str]]) -> ProbeData:
         """A side query on this tick's exact context; its answer is evidence, never part of the run's state."""
         question = {"role": "user", "content": prompts.PROBE_QUESTION}
         c = self.oracle.complete([*messages, question], None,
                                  call=CallInfo(self.manifest.run_id, tick, tick, purpose="probe",
                                                workspace=self.paths.workspace))
-        record = self._dirty_record(tick, tick, c, None) | {"purpose": "probe"}
-        self.dirty.append(record)
-        return {"answer": c.text, "error": c.error, "latency_ms": round(c.latency_ms, 3),
-                "context_tokens": self.builder.count("".join(m["content"] for m in messages))}
-
-    def _execute(self, frame: Frame, tick: int) -> tuple[Outcome, dict[str, Any] | None]:
-        op = frame.op
-        if isinstance(op, SysHalt):
-            verdict = self.task.verify(self.paths.workspace, self.runner)
-            if verdict.passed:
-                return Outcome(d="sys://halt", slice_text=prompts.halt_accepted(verdict.summary),
-                               changed=True), {"reason": op.reason, "verifier": verdict.model_dump()}
-            return trap_outcome(TrapKind.ILLEGAL_HALT, prompts.halt_refused(verdict.summary)), None
-        if isinstance(op, SysRead):
-            return self.world.read(op, tick), None
-        if isinstance(op, SysWrite):
-            return self.world.write(op, tick), None
-        if isinstance(op, SysEdit):
-            return self.world.edit(op, tick), None
-        assert isinstance(op, SysExec)
-        return self.world.exec(op, tick), None
-
-    def _dirty_record(self, tick: int, call_index: int, c: Completion, verdict: ParseResult | None) -> dict[str, Any]:
-        return {"tick": tick, "call_index": call_index, "purpose": "tick", "provenance": self.oracle.provenance,
-                "model": self.oracle.spec, "text": c.text, "error": c.error, "error_class": c.error_class,
-                "latency_ms": round(c.latency_ms, 3), "ttft_ms": c.ttft_ms, "queue_ms": c.queue_ms,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "retries": c.retries,
-                "finish_reason": c.finish_reason, "batch_size": c.batch_size,
-                "injected": c.injected, "strict_ok": verdict.strict_ok if verdict else None,
-                "lenient_ok": verdict.lenient_ok if verdict else None,
-                "violation": verdict.violation if verdict else None,
-                "lenient_violation": verdict.lenient_violation if verdict else None, "ts": round(time.time(), 3)}
+        self.dirty.append(dirty_record(tick, tick, c, None, provenance=self.oracle.provenance, model=self.oracle.spec,
+                                       purpose="probe"))
+        return ProbeData(answer=c.text, error=c.error, latency_ms=round(c.latency_ms, 3),
+                         context_tokens=self.builder.count("".join(m["content"] for m in messages)))
 
     # -- commit and end ---------------------------------------------------------------------------
     def _persist(self) -> None:
@@ -565,10 +385,10 @@ class Kernel:
         self.manifest.journal_head = self.journal.head()
         self.manifest.save(self.paths)
 
-    def _end(self, status: RunStatus, cause: str | None) -> None:
+    def _end(self, status: RunStatus) -> None:
         self.R.status = status
-        self.R.cause_of_death = cause
-        self.journal.stage(self.R.tick, "stop", {"status": status.value, "reason": self._stop_reason})
+        self.R.cause_of_death = None
+        self.journal.stage(self.R.tick, StopData(status=status.value, reason=self._stop_reason))
         self._persist()
         self._finish()
 
@@ -585,27 +405,6 @@ class Kernel:
         m.sandbox = self.runner.describe()
         self._save_manifest()
 
-    def _crash(self, err: BaseException) -> None:
-        report = "".join(traceback.format_exception(err))
-        with suppress(OSError):
-            self.paths.crash_report.write_text(report, errors="backslashreplace")
-        with suppress(Exception):
-            self.journal.discard()
-            committed = Registers.model_validate_json(self.paths.registers.read_text())
-            anchored = self.journal.head().hash == committed.journal_prev  # not so if _persist itself failed
-            self.journal.stage(self.R.tick, "crash", {"error": repr(err)[:500], "report": self.paths.crash_report.name})
-            offset = self.journal.flush()
-            if anchored:
-                # The committed registers (not the half-updated ones in memory) get the new head, so the chain
-                # still ends at its recorded head, and a resume keeps the crash event.
-                committed.journal_offset, committed.journal_seq, committed.journal_prev = (
-                    offset, self.journal.seq, self.journal.prev)
-                atomic_write(self.paths.registers, committed.model_dump_json(), sync_dir=False)
-        with suppress(Exception):
-            self.manifest.status = RunStatus.CRASHED
-            self.manifest.ended_at = now_iso()
-            self._save_manifest()
-
     def _close(self) -> None:
         for closer in (self.task.close, self.runner.close, self.world_index.close, self.trace.close, self.dirty.close,
                        self.ctx_log.close, self.journal.close):
@@ -613,12 +412,3 @@ class Kernel:
                 closer()
         if self._dir_lock is not None:
             self._dir_lock.release()
-
-
-def _make_runner(paths: RunPaths, config: KernelConfig, task: Task) -> CommandRunner:
-    try:
-        return CommandRunner(paths.workspace, sandbox=config.sandbox, limits=config.limits,
-                             toolchain=task.toolchain())
-    except SandboxError as err:
-        raise KernelError(str(err)) from err
-

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Literal
 
 from bloodwork.chronos.journal import canonical_json
+from bloodwork.chronos.records import TraceRecord
 from bloodwork.kernel.config import TrapConfig
 
 
@@ -177,17 +178,11 @@ class Detectors:
         self.recent.clear()
         self.idle = 0
 
-    def replay_record(self, rec: dict) -> None:
-        """Rebuild state from one committed trace record (resume).
-
-        Records written before the world digest existed carry no `world`: their ops count as acting on
-        one unknown world state, i.e. they are judged by the op and the observation alone."""
-        tick = rec["tick"]
-        op = (rec.get("frame") or {}).get("op")
-        seen = rec.get("seen") or rec["next_digest"]
-        world = (rec.get("world") or ["", ""])[0]
-        act = Act(tick, fingerprint(op), world, seen) if op and not rec.get("blocked") else None
-        self.after(tick, act, seen, rec["progress"])
-        self.panic(tick, [TrapKind(k) for k in rec["traps"]])
-        if rec.get("panic"):
+    def replay_record(self, rec: TraceRecord) -> None:
+        """Rebuild state from one committed trace record (resume)."""
+        op = (rec.frame or {}).get("op")
+        act = Act(rec.tick, fingerprint(op), rec.world[0], rec.seen) if op and not rec.blocked else None
+        self.after(rec.tick, act, rec.seen, rec.progress)
+        self.panic(rec.tick, [TrapKind(k) for k in rec.traps])
+        if rec.panic:
             self.reset()

@@ -22,12 +22,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from bloodwork.chronos.files import atomic_write, sha256_file
-from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, now_iso
+from bloodwork.chronos.run import NOT_MODEL_BEHAVIOUR, find_runs, now_iso
 from bloodwork.data.fork import is_fork_artifact
 from bloodwork.data.formats import SPLITS_FILE, Messages, SplitAssignment, prompt_sha256
 from bloodwork.data.mine import RunView, TickView
 from bloodwork.errors import BloodworkError
-from bloodwork.evidence.extract import find_runs
 from bloodwork.isa import parse
 from bloodwork.kernel.traps import fingerprint
 from bloodwork.matrix.hashes import prompt_template_sha256

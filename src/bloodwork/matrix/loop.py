@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.journal import read_events
+from bloodwork.chronos.records import RecoveryEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.data.teacher import partial_score
 from bloodwork.evidence.stats import Distribution, MeanCI, Rate, RateCI, distribution, mean_ci, poisson_rate, wilson
@@ -94,7 +95,7 @@ def loop_result(spec: LoopSpec, runs: list[Path]) -> LoopResult:
         per_task[m.status.value] = per_task.get(m.status.value, 0) + 1
         events = read_events(RunPaths(run).journal)
         panics.append(sum(1 for e in events if e.kind == "panic"))
-        mttr += [e.data["mttr_ticks"] for e in events if e.kind == "recovery"]
+        mttr += [e.data.mttr_ticks for e in of_kind(events, RecoveryEvent)]
         ticks.append(m.ticks)
         if m.status.value == "died":
             before_death.append(m.ticks)
