@@ -204,8 +204,8 @@ def train(
     dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4 SFT, 5e-5 DPO).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 30,
-    batch: Annotated[int, typer.Option(help="Rows per step per device.")] = 4,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    batch: Annotated[int, typer.Option(help="Rows per forward pass (memory grows with it).")] = 1,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes per optimizer step.")] = 4,
     max_length: Annotated[int | None, typer.Option(help="Longest row in tokens; longer rows are dropped, not cut "
                                                    "[default: the dataset's train_length.json, measured by dataset "
                                                    "build; else 2048].", show_default=False)] = None,
