@@ -423,11 +423,11 @@ def _env(**values: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
+        for k, old in saved.items():
+            if old is None:
                 os.environ.pop(k, None)
             else:
-                os.environ[k] = v
+                os.environ[k] = old
 
 
 OUTCOMES = {"NodeDiedError": "node died", "LocalRayletDiedError": "node died", "WorkerCrashedError": "worker died",
@@ -498,7 +498,7 @@ class RaySweep:
         if self._ray is not None:
             return
         local = self.address is None
-        if not local:
+        if self.address is not None:
             _probe(self.address)
         # A local instance listens on loopback only (Ray's own switch, read when ray is imported: so only
         # where this process has not imported ray before, as in the CLI), reports no usage statistics, and
@@ -667,7 +667,8 @@ class RaySweep:
         if t.started or not info.get("node_id"):
             return
         t.started = True
-        where = {k: info.get(k) for k in ("node_id", "node_ip", "pid", "resumed_from", "run_dir", "began")}
+        keys = ("node_id", "node_ip", "pid", "resumed_from", "run_dir", "began")
+        where: dict[str, Any] = {k: info.get(k) for k in keys}
         self._seen[t.key] = where
         self._log(AttemptRecord(cell_id=t.cell.cell_id, attempt=t.attempt, event="start", **where))
 

@@ -82,8 +82,10 @@ class Check:
             raise CheckError(f"unknown argument {unknown[0]!r} (arguments: {', '.join(fields)})")
         if partial:
             for key, value in args.items():
+                annotation = fields[key].annotation
+                assert annotation is not None  # every argument model's field is annotated
                 try:
-                    TypeAdapter(fields[key].annotation).validate_python(value)
+                    TypeAdapter(annotation).validate_python(value)
                 except ValidationError as err:
                     raise CheckError(f"{key}: {err.errors()[0]['msg']}") from err
             return None
@@ -352,7 +354,7 @@ def dataset_mix(a: MixArgs, ctx: CheckContext) -> tuple[bool, Any, str, str, lis
     pools = Counter(r["meta"]["pool"] for r in rows)
     target = dict(zip(POOLS, (float(x) / 100 for x in a.mix.split("/")), strict=True))
     achieved = {p: round(pools[p] / len(rows), 4) if rows else None for p in POOLS}
-    off = {p: achieved[p] for p in POOLS if achieved[p] is None or abs(achieved[p] - target[p]) > a.tolerance}
+    off = {p: v for p, v in achieved.items() if v is None or abs(v - target[p]) > a.tolerance}
     ok = len(rows) >= a.min_rows and not off
     value = {"rows": len(rows), "by_pool": {p: pools[p] for p in POOLS}, "achieved": achieved,
              "by_provenance": dict(Counter(r["meta"]["provenance"] for r in rows))}
@@ -388,12 +390,12 @@ def matrix_rows(a: MatrixArgs, ctx: CheckContext) -> tuple[bool, Any, str, str, 
     if a.api:
         roles["api"] = [r for r in rows if r["spec"].partition(":")[0] in API_SCHEMES]
     found: dict[str, Any] = {}
-    missing = []
+    missing: list[str] = []
     for role, candidates in roles.items():
         scored = [r for r in candidates if r["status"] == "ok" and _row_figures(r)["latency_p50_ms"] is not None
                   and _row_figures(r)["strict_violation"] is not None]
         explained = [r for r in candidates if role == "api" and r["status"] == "unavailable" and r.get("reason")]
-        pick = (scored or explained or [None])[0]
+        pick = next(iter(scored or explained), None)
         if pick is None:
             missing.append(role)
         else:

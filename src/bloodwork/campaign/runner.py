@@ -22,6 +22,7 @@ from bloodwork.campaign import reports
 from bloodwork.campaign.audit import (
     AuditorCall,
     AuditRecord,
+    Finding,
     ask_auditor,
     auditor_messages,
     compare_checks,
@@ -272,12 +273,13 @@ class Runner:
             since = time.monotonic()
             self.save()
         if attempt.stage == "audit":
-            record = self.audit(phase, attempt)
-            attempt.gate, attempt.blockers, attempt.findings = record.gate, len(record.blockers()), len(record.findings)
+            audited = self.audit(phase, attempt)
+            blockers = len(audited.blockers())
+            attempt.gate, attempt.blockers, attempt.findings = audited.gate, blockers, len(audited.findings)
             attempt.stage, attempt.status, attempt.ended_at = "done", "done", now_iso()
             self._tick_wall(attempt, since)
             self.save()
-            self.say(f"  audit: {record.gate} ({len(record.blockers())} blocking of {len(record.findings)} findings)")
+            self.say(f"  audit: {audited.gate} ({blockers} blocking of {len(audited.findings)} findings)")
 
     def _command(self, scratch: Path) -> Callable[[list[str], str], int]:
         def run(args: list[str], name: str) -> int:
@@ -341,7 +343,8 @@ class Runner:
         results += [c for c in attempt.checks if c.check == "evidence_readable"]
         findings += compare_checks(md_text, js, results, md_rel, js_rel)
         findings += step_findings(attempt.steps)
-        call, extra = AuditorCall(), []
+        call = AuditorCall()
+        extra: list[Finding] = []
         if self.state.auditor and phase.llm_audit:
             index = json.loads((self.root / attempt.dir / ATTEMPT_INDEX).read_text()) \
                 if (self.root / attempt.dir / ATTEMPT_INDEX).is_file() else []

@@ -269,9 +269,9 @@ def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, gener
     for split in SPLITS:
         for kind in FILE_KINDS:
             (out / split / f"{kind}.jsonl").unlink(missing_ok=True)
-    for name, rows in files.items():
-        if rows:
-            write_jsonl(out / name, rows)
+    for name, file_rows in files.items():
+        if file_rows:
+            write_jsonl(out / name, file_rows)
     atomic_write(out / SPLITS_FILE, splits.model_dump_json(indent=2))
     leak = check_split_leak(out)
     recovery_rows = [e for e in chosen if e.pool == "recovery"]

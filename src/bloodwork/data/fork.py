@@ -43,7 +43,7 @@ from bloodwork import prompts
 from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import Event, canonical_json, read_events
-from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
+from bloodwork.chronos.run import Provenance, RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.data.teacher import judge_teacher, teacher_options
 from bloodwork.evidence.replay import signature
@@ -140,7 +140,7 @@ class ForkRecord(BaseModel):
 class _RecordedPrefix:
     """The run's raw outputs (a ReplayOracle) counted in the original model's tokenizer."""
 
-    provenance: Literal["replay"] = "replay"
+    provenance = Provenance.REPLAY
 
     def __init__(self, run_dir: Path, tokenizer: Tokenizer) -> None:
         self._replay = ReplayOracle(f"replay:{run_dir}", str(run_dir))

@@ -225,12 +225,14 @@ def _trainer(kind: Kind, cfg: TrainConfig, model: Any, tokenizer: Any, rows: lis
 
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
                       task_type="CAUSAL_LM")
-    common = {"output_dir": str(workdir), "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch,
-              "gradient_accumulation_steps": cfg.grad_accum, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
-              "logging_steps": 1, "save_strategy": "no", "report_to": [], "activation_checkpointing": False,
-              "max_length": cfg.max_length, "use_cpu": not cuda, "bf16": cfg.bf16, "disable_tqdm": True,
-              "dataloader_num_workers": 0}
+    common: dict[str, Any] = {
+        "output_dir": str(workdir), "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch,
+        "gradient_accumulation_steps": cfg.grad_accum, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
+        "logging_steps": 1, "save_strategy": "no", "report_to": [], "activation_checkpointing": False,
+        "max_length": cfg.max_length, "use_cpu": not cuda, "bf16": cfg.bf16, "disable_tqdm": True,
+        "dataloader_num_workers": 0}
     data = Dataset.from_list(rows)
+    trainer: SFTTrainer | DPOTrainer
     if kind == "sft":
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, assistant_only_loss=True), train_dataset=data,
                              processing_class=tokenizer, peft_config=lora, callbacks=[callback])

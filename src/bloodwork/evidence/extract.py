@@ -124,6 +124,7 @@ def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
     for e in events:
         if e.kind not in EVENT_KINDS:
             continue
+        origin: Origin
         if e.kind == "trap":
             kind, origin = e.data["kind"], "injected" if e.data.get("injected") else "natural"
         elif e.kind == "recovery":

@@ -192,14 +192,15 @@ def _load(gguf: Path, adapter: Path | None, dtype: Dtype) -> LoadedModel:
     start = time.perf_counter()
     root = cache_root()
     sha = gguf_sha256(gguf, root)
-    target: Path | None = cache_dir_for(sha, root)
-    from_cache = cache_is_valid(target)
+    cache = cache_dir_for(sha, root)
+    from_cache = cache_is_valid(cache)
+    target: Path | None = cache  # None when the cache cannot be written
     model = tokenizer = None
     if not from_cache:
         model, tokenizer = _from_gguf(gguf, transformers)
         meta = {"gguf": str(gguf), "gguf_sha256": sha, "transformers": transformers.__version__}
         try:
-            write_cache_atomically(target, lambda tmp: _save(model, tokenizer, tmp), meta)
+            write_cache_atomically(cache, lambda tmp: _save(model, tokenizer, tmp), meta)
         except OSError:
             target = None  # no writable cache: keep the model in memory, load from the GGUF next time
         else:
@@ -209,6 +210,7 @@ def _load(gguf: Path, adapter: Path | None, dtype: Dtype) -> LoadedModel:
     if model is None:
         model = transformers.AutoModelForCausalLM.from_pretrained(target)
         tokenizer = transformers.AutoTokenizer.from_pretrained(target)
+    assert tokenizer is not None  # loaded with the model, from the GGUF or the cache
     if adapter is not None:
         model = _attach_adapter(model, adapter)  # merged in float32, then cast with the rest
     model = model.to(getattr(torch, dtype)).eval()
