@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bloodwork._proc import pid_alive
 from bloodwork.chronos.files import sha256_file
 from bloodwork.oracles.base import OracleConfigError
 
@@ -97,7 +98,7 @@ def write_cache_atomically(target: Path, fill: Callable[[Path], None], meta: dic
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         pid = stale.name.rsplit("-", 2)[-2]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -113,16 +114,6 @@ def write_cache_atomically(target: Path, fill: Callable[[Path], None], meta: dic
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
