@@ -36,6 +36,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/pytest -q
 
 bench: setup

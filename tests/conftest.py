@@ -52,7 +52,8 @@ def make_task(root: Path, files: dict[str, str] | None = None, goal: str = "Writ
 
 
 class Runner:
-    """Runs the real kernel on a scripted reply list and reads back what it left."""
+    """Runs the real kernel on a scripted reply list and reads back what it left (without a sandbox unless
+    `sandbox=` says otherwise)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -66,7 +67,10 @@ class Runner:
             script = self.root / f"{run_id}.yaml"
             script.write_text(yaml.safe_dump(replies))
             spec = f"scripted:{script}"
-        cfg = KernelConfig.model_validate({"max_ticks": len(replies) if isinstance(replies, list) else 50, **config})
+        # No sandbox unless a test asks for one: what these runs check (traps, journal, context, chaos) does not
+        # depend on isolation, so they run the same on a machine without bubblewrap.
+        cfg = KernelConfig.model_validate({"max_ticks": len(replies) if isinstance(replies, list) else 50,
+                                           "sandbox": "none", **config})
         kernel = Kernel.create(FolderTask(self.task_dir), make_oracle(spec), out_dir=self.root / "runs", config=cfg,
                                seed=1, chaos=ChaosProfile(name="test", rates=chaos or {}), run_id=run_id)
         return kernel.run(), kernel.paths

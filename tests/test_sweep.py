@@ -7,7 +7,7 @@ import pytest
 from bloodwork.chronos.files import sha256_file
 from bloodwork.chronos.run import RunManifest, RunPaths
 from bloodwork.sweep import Sweep, SweepError, SweepSpec, cells
-from tests.conftest import make_task, requires_bwrap
+from tests.conftest import make_task
 
 POLICY = '''
 import json, time
@@ -19,7 +19,6 @@ def policy(call, messages):
 '''
 
 
-@requires_bwrap
 def test_interrupted_sweep_resumes_without_redoing(tmp_path):
     task = make_task(tmp_path)
     script = tmp_path / "p.py"
@@ -79,7 +78,6 @@ def test_a_sampled_sweep_records_its_temperature_and_keeps_greedy_ids(tmp_path):
     assert greedy.oracle_options(3) == {"seed": 3}
 
 
-@requires_bwrap
 def test_the_temperature_reaches_every_run_manifest(tmp_path):
     task = make_task(tmp_path)
     script = tmp_path / "p.py"

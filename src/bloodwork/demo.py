@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +33,7 @@ COLUMNS = ("run", "status", "ticks", "panics", "traps", "strict viol.", "lenient
            "model ms p50/p95 (+ queued p50)", "MTTR p50 ticks", "journal")
 
 
-def summarize(run_dir: Path) -> dict[str, object]:
+def summarize(run_dir: Path) -> dict[str, Any]:
     """The numbers a user asks first about one run, all counted from its files."""
     paths = RunPaths(run_dir)
     manifest = RunManifest.load(paths)

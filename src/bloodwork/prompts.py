@@ -118,7 +118,8 @@ def prompt_copies(frame: dict[str, Any], prompt: str = ISA_PROMPT) -> list[str]:
     if prompt not in _PROMPT_RUNS:
         _PROMPT_RUNS[prompt] = _word_runs(prompt, COPY_WORDS)
     runs = _PROMPT_RUNS[prompt]
-    op = frame.get("op") if isinstance(frame.get("op"), dict) else {}
+    raw_op = frame.get("op")
+    op: dict[str, Any] = raw_op if isinstance(raw_op, dict) else {}
     texts = [(k, frame.get(k)) for k in ("thought", "q_next")] + [(k, v) for k, v in op.items() if k != "name"]
     found: list[str] = []
     for key, value in texts:

@@ -8,7 +8,7 @@ import pytest
 
 from bloodwork.chaos.plan import ChaosConfigError, ChaosProfile, FaultPlan, apply_overrides, load_profile
 from bloodwork.chronos.files import read_jsonl
-from tests.conftest import events, frame, requires_bwrap
+from tests.conftest import events, frame
 
 
 def decisions(seed: int, run_id: str = "run") -> list[bool]:
@@ -52,7 +52,6 @@ EXEC = frame({"name": "SYS_EXEC", "cmd": "echo hello"})
 WRITE = frame({"name": "SYS_WRITE", "path": "out.txt", "content": "0123456789" * 4})
 
 
-@requires_bwrap
 def test_exec_timeout_really_hangs_and_is_killed(runner):
     start = time.monotonic()
     _, paths = runner.run([EXEC], chaos={"exec_timeout": 1.0})
@@ -62,14 +61,12 @@ def test_exec_timeout_really_hangs_and_is_killed(runner):
     assert [c.data.kind for c in events(paths, "chaos")] == ["exec_timeout"]
 
 
-@requires_bwrap
 def test_exec_fail_is_a_real_failed_command(runner):
     _, paths = runner.run([EXEC], chaos={"exec_fail": 1.0})
     trace = read_jsonl(paths.trace)[0]
     assert trace["result"]["exit"] == 1 and trace["traps"] == []  # a non-zero exit is data, not a trap
 
 
-@requires_bwrap
 @pytest.mark.parametrize(("kind", "errno_name"), [("write_deny", "EACCES"), ("disk_full", "ENOSPC")])
 def test_write_faults_leave_a_partial_file(runner, kind, errno_name):
     _, paths = runner.run([WRITE], chaos={kind: 1.0})
@@ -79,7 +76,6 @@ def test_write_faults_leave_a_partial_file(runner, kind, errno_name):
     assert events(paths, "chaos")[0].data.params["errno"] == errno_name
 
 
-@requires_bwrap
 def test_log_flood_buries_the_output_and_spills_it(runner):
     _, paths = runner.run([EXEC], chaos={"log_flood": 1.0})
     trace = read_jsonl(paths.trace)[0]
@@ -88,7 +84,6 @@ def test_log_flood_buries_the_output_and_spills_it(runner):
     assert spilled.startswith("hello\n") and len(spilled) >= 50_000
 
 
-@requires_bwrap
 def test_oracle_faults_reach_the_kernel_as_traps(runner):
     _, paths = runner.run([EXEC], chaos={"oracle_error": 1.0}, run_id="err")
     assert read_jsonl(paths.trace)[0]["traps"] == ["ORACLE_FAULT"]

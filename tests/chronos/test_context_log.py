@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from bloodwork.chronos.context_log import messages_at
-from tests.conftest import requires_bwrap
 
 POLICY = '''
 import json
@@ -25,7 +24,6 @@ def policy(call, messages):
 '''
 
 
-@requires_bwrap
 @pytest.mark.parametrize("policy", ["pinned", "window", "masked", "unbounded"])
 def test_messages_at_rebuilds_what_was_sent(runner, tmp_path: Path, policy):
     dump = tmp_path / f"sent-{policy}"

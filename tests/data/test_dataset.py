@@ -19,7 +19,6 @@ from bloodwork.data.formats import POOLS, DatasetManifest, DatasetStats, DedupCo
 from bloodwork.data.mine import Example, RunView
 from bloodwork.data.mix import MixError, parse_mix
 from bloodwork.data.split import check_split_leak
-from tests.conftest import requires_bwrap
 from tests.data.conftest import POOL_OF_TICK, Story
 
 
@@ -36,7 +35,6 @@ def built(planted: Story, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return out, stats
 
 
-@requires_bwrap
 def test_each_tick_lands_in_its_planted_pool(planted: Story):
     view = RunView(planted.runs[0])
     found = {e.tick: e.pool for e in view.examples({})}
@@ -46,7 +44,6 @@ def test_each_tick_lands_in_its_planted_pool(planted: Story):
     assert "streak from tick 1" in recovery.detail
 
 
-@requires_bwrap
 def test_pools_are_disjoint_and_rows_keep_their_origin(built):
     out, _ = built
     for split in ("train", "test"):
@@ -67,7 +64,6 @@ def test_pools_are_disjoint_and_rows_keep_their_origin(built):
         assert {r["meta"]["pool"] for r in sft} <= {"golden", "recovery"}
 
 
-@requires_bwrap
 def test_the_mix_is_applied_with_counts(built):
     out, stats = built
     for split in ("train", "test"):
@@ -90,7 +86,6 @@ def test_mix_strings():
             parse_mix(bad)
 
 
-@requires_bwrap
 def test_dedup_and_split_by_run(built, planted: Story):
     out, stats = built
     # tick 0 is the same state and answer in every run: one copy per split survives, and the test split
@@ -110,7 +105,6 @@ def test_dedup_and_split_by_run(built, planted: Story):
     assert stats.leak_check.ok and check_split_leak(out).ok
 
 
-@requires_bwrap
 def test_split_check_catches_a_planted_leak(built, tmp_path: Path):
     out, _ = built
     leaky = tmp_path / "leaky"
@@ -129,7 +123,6 @@ def test_split_check_catches_a_planted_leak(built, tmp_path: Path):
     assert not hidden.ok and hidden.shared_prompts == 1 and not hidden.shared_groups
 
 
-@requires_bwrap
 def test_files_load_with_datasets_and_the_manifest_hashes_them(built, planted: Story, tmp_path: Path):
     import datasets
 
@@ -156,7 +149,6 @@ def test_files_load_with_datasets_and_the_manifest_hashes_them(built, planted: S
         assert row["messages"][-1]["role"] == "assistant"
 
 
-@requires_bwrap
 def test_scripted_runs_are_excluded_by_default(planted: Story, tmp_path: Path):
     options = BuildOptions(mix=parse_mix("1/1/1"), exact_lengths=False)
     with pytest.raises(BuildError, match="no usable rows"):
@@ -196,7 +188,6 @@ def test_dedup_refuses_an_answer_that_is_both_good_and_bad():
     assert (counts.contradictory, counts.cross_pool, counts.near, counts.exact) == (2, 1, 1, 0)
 
 
-@requires_bwrap
 def test_train_length_is_chosen_from_the_measured_rows(built):
     from bloodwork.data.build import choose_train_length
     from bloodwork.data.formats import TRAIN_LENGTH_FILE, TrainLength

@@ -21,7 +21,7 @@ from bloodwork.data.fork import (
 )
 from bloodwork.data.formats import prompt_sha256
 from bloodwork.data.mix import parse_mix
-from tests.conftest import Runner, requires_bwrap
+from tests.conftest import Runner
 
 # Scripted, not a model. As the run's policy: notes, one per tick. At the fork tick (purpose "fork"),
 # even candidates write a new file (progress) and odd ones answer prose (a schema violation).
@@ -51,7 +51,6 @@ def forked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ForkRecord]:
     return paths.root, record
 
 
-@requires_bwrap
 def test_candidates_are_branched_from_the_exact_context_and_labelled(forked):
     src, record = forked
     prompt = messages_at(src / "context", FORK_TICK)
@@ -66,7 +65,6 @@ def test_candidates_are_branched_from_the_exact_context_and_labelled(forked):
     assert json.loads((Path(record.base_dir).parent.parent / "fork.json").read_text())["fork_id"] == record.fork_id
 
 
-@requires_bwrap
 def test_dpo_pairs_from_forks_share_one_identical_prompt(forked, tmp_path: Path):
     src, record = forked
     stats = build_dataset([src.parent, Path(record.base_dir).parent.parent], tmp_path / "d",
@@ -124,7 +122,6 @@ def test_only_timings_and_output_digests_are_masked():
         msgs("[exit 1, 4612 bytes of output]"))
 
 
-@requires_bwrap
 def test_fork_refuses_a_tick_outside_the_run(forked, tmp_path: Path):
     src, _ = forked
     with pytest.raises(ForkError, match="cannot be forked"):
@@ -180,7 +177,6 @@ def policy(call, messages):
 '''
 
 
-@requires_bwrap
 def test_a_fifo_in_the_workspace_is_left_out_of_each_branch(tmp_path: Path):
     script = tmp_path / "policy.py"
     script.write_text(FIFO_POLICY)

@@ -14,7 +14,7 @@ from bloodwork.data.fork import FORK_FILE, ForkRecord
 from bloodwork.data.fork_all import INDEX_FILE, fork_all, teacher_for, trap_states
 from bloodwork.data.mix import parse_mix
 from bloodwork.data.teacher import partial_score
-from tests.conftest import Runner, frame, requires_bwrap
+from tests.conftest import Runner, frame
 
 # The student (scripted, not a model): writes hello.txt right (the verifier passes from tick 1 on), then
 # reads a missing file (PAGE_FAULT at tick 2), then reads a.txt. Trap state: tick 3.
@@ -63,14 +63,12 @@ def taught(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Fo
     return out
 
 
-@requires_bwrap
 def test_trap_states_are_the_ticks_after_traps(taught):
     src, _ = taught["good"]
     assert trap_states(src) == [(TRAP_STATE, "in a trap streak since tick 2 (PAGE_FAULT)")]  # tick 3 recovered
     assert [t for t, _ in trap_states(src, every=2)] == [0, 2, 3, 4]
 
 
-@requires_bwrap
 def test_a_teacher_that_recovers_is_kept_with_its_provenance(taught):
     _, record = taught["good"]
     (teacher,) = record.candidates
@@ -79,7 +77,6 @@ def test_a_teacher_that_recovers_is_kept_with_its_provenance(taught):
     assert teacher.score_before == teacher.score_after == 1.0
 
 
-@requires_bwrap
 def test_a_teacher_action_that_traps_in_the_copy_is_never_a_recovery_row(taught, tmp_path: Path):
     _, record = taught["trapping"]
     (teacher,) = record.candidates
@@ -96,7 +93,6 @@ def test_a_teacher_action_that_traps_in_the_copy_is_never_a_recovery_row(taught,
                for p in pool)
 
 
-@requires_bwrap
 def test_a_teacher_that_lowers_the_verifier_score_is_not_kept(taught):
     _, record = taught["breaking"]
     (teacher,) = record.candidates
@@ -105,7 +101,6 @@ def test_a_teacher_that_lowers_the_verifier_score_is_not_kept(taught):
     assert teacher.kept is False and "score fell" in " ".join(teacher.evidence)
 
 
-@requires_bwrap
 def test_kept_teacher_rows_are_tagged_and_split_by_provenance(taught, tmp_path: Path):
     src, record = taught["good"]
     stats = build_dataset([src, fork_dir(record)], tmp_path / "d",
@@ -124,7 +119,6 @@ def test_kept_teacher_rows_are_tagged_and_split_by_provenance(taught, tmp_path: 
     assert teacher_prov not in only_real.mix["train"].available_by_provenance["recovery"]
 
 
-@requires_bwrap
 def test_all_traps_resumes_after_a_killed_state(taught, tmp_path: Path):
     src, record = taught["good"]
     forks = fork_dir(record).parent.parent

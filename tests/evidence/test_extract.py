@@ -9,14 +9,13 @@ import sys
 from bloodwork.chronos.files import sha256_file
 from bloodwork.evidence.extract import answered_tick_calls, call_times, extract
 from bloodwork.evidence.replay import replay_run
-from tests.conftest import frame, requires_bwrap
+from tests.conftest import frame
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
 MISSING = frame({"name": "SYS_READ", "path": "missing.txt"})
 WRITE = frame({"name": "SYS_WRITE", "path": "w.txt", "content": "abcdef"})
 
 
-@requires_bwrap
 def test_planted_events_are_counted_exactly_once(runner, tmp_path):
     # run 1 (natural): PAGE_FAULT at 1, recovery at 2; then 3 violations -> panic at 5; then death by 3 more
     # and 3 more violations (panic budget 3: panics at 5, 8, 11; death at 11).
@@ -53,7 +52,6 @@ def test_planted_events_are_counted_exactly_once(runner, tmp_path):
     assert report.strict_violation.k == 9 and report.strict_violation.n == 15
 
 
-@requires_bwrap
 def test_death_bundle_hashes_match_and_replay_reproduces(runner, tmp_path):
     _, paths = runner.run([READ_A, MISSING, MISSING, MISSING, "x", MISSING, "y", MISSING, MISSING, MISSING],
                           run_id="dies", panic_budget=2)
@@ -73,7 +71,6 @@ def test_death_bundle_hashes_match_and_replay_reproduces(runner, tmp_path):
     assert res.returncode == 0 and "reproduced" in res.stdout
 
 
-@requires_bwrap
 def test_replay_notices_a_divergence(runner, tmp_path):
     _, paths = runner.run([READ_A, MISSING, READ_A], run_id="orig")
     dirty = paths.dirty.read_text().splitlines()

@@ -18,10 +18,8 @@ from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.matrix.evalset import EvalSetError, freeze
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.folder import FolderTask
-from tests.conftest import frame, make_task, requires_bwrap
+from tests.conftest import frame, make_task
 from tests.data.conftest import PretendRealOracle
-
-pytestmark = requires_bwrap
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify
 from bloodwork.chronos.run import RunStatus
-from tests.conftest import events, requires_bwrap
+from tests.conftest import events
 from tests.kernel.trajectories import REGIONS, builtin_task_ids, expert_name, trajectories
 
 BY_NAME = {t.name: t for t in trajectories()}
@@ -27,7 +27,6 @@ def test_the_labelled_set_is_big_enough_for_the_bench():
     assert all((t.pathology is None) == (t.label == "healthy") for t in BY_NAME.values())
 
 
-@requires_bwrap
 def test_a_developer_rerunning_a_long_test_report_forty_times_traps_nothing(tmp_path: Path):
     result, paths = BY_NAME["dev-40-vv"].run(tmp_path)
     assert result.status == RunStatus.COMPLETED, result
@@ -45,7 +44,6 @@ def test_a_developer_rerunning_a_long_test_report_forty_times_traps_nothing(tmp_
     assert len(REGIONS) == 40
 
 
-@requires_bwrap
 @pytest.mark.parametrize("task_id", builtin_task_ids())
 def test_every_builtin_tasks_expert_finishes_its_task_without_a_trap(tmp_path: Path, task_id: str):
     result, paths = BY_NAME[expert_name(task_id)].run(tmp_path)
@@ -54,7 +52,6 @@ def test_every_builtin_tasks_expert_finishes_its_task_without_a_trap(tmp_path: P
     assert all(not r["traps"] for r in read_jsonl(paths.trace))
 
 
-@requires_bwrap
 @pytest.mark.parametrize("name", ["garbage-0", "missing-0", "oscillate-0", "oscillate-3", "illegal-halt-0",
                                   "same-command-1", "runaway-0", "idle-0"])
 def test_a_pathological_agent_dies_at_the_computed_tick(tmp_path: Path, name: str):

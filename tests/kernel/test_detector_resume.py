@@ -11,7 +11,6 @@ from bloodwork.chronos.run import RunStatus
 from bloodwork.kernel import Kernel, KernelConfig
 from bloodwork.oracles.registry import make_oracle
 from bloodwork.tasks.folder import FolderTask
-from tests.conftest import requires_bwrap
 from tests.kernel.trajectories import exec_, frame, halt, hello_task, read, scripted
 
 # Ticks 0-4: the same command on an unchanged workspace (WATCHDOG at 4); 5-8: A B A B (THRASHING at 8);
@@ -36,7 +35,6 @@ def _run(root: Path, cuts: list[int]) -> list[dict]:
     return [{k: r.get(k) for k in COMPARED} for r in read_jsonl(kernel.paths.trace)]
 
 
-@requires_bwrap
 def test_resume_rebuilds_the_detectors_exactly(tmp_path: Path):
     straight = _run(tmp_path / "straight", [])
     resumed = _run(tmp_path / "resumed", [3, 8])

@@ -14,7 +14,7 @@ from pathlib import Path
 from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.run import RunPaths, verify_run
-from tests.conftest import make_task, requires_bwrap
+from tests.conftest import make_task
 
 TICKS = 36
 POLICY = '''
@@ -40,7 +40,6 @@ def bloodwork(*args: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
-@requires_bwrap
 def test_kill9_and_resume_loses_and_duplicates_nothing(tmp_path: Path):
     task = make_task(tmp_path)
     script = tmp_path / "policy.py"
@@ -93,7 +92,6 @@ def test_kill9_and_resume_loses_and_duplicates_nothing(tmp_path: Path):
     assert {r["tick"] for r in dirty} == set(range(TICKS)) and len(dirty) >= TICKS
 
 
-@requires_bwrap
 def test_resume_refuses_a_finished_run(tmp_path: Path):
     task = make_task(tmp_path)
     script = tmp_path / "s.yaml"

@@ -32,7 +32,7 @@ def test_fifos_a_stopped_server_and_a_flood_are_traps_and_the_run_goes_on(runner
         {"name": "SYS_HALT", "reason": "hello written; the fifo stays"},
     ]
     start = time.monotonic()
-    result, paths = runner.run([frame(op) for op in ops], limits={"workspace_bytes": 3_000_000})
+    result, paths = runner.run([frame(op) for op in ops], sandbox="bwrap", limits={"workspace_bytes": 3_000_000})
     took = time.monotonic() - start
     assert result.status == "completed", result
     assert took < 60

@@ -9,7 +9,7 @@ from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import verify
 from bloodwork.chronos.run import RunStatus
 from bloodwork.prompts import split_tail
-from tests.conftest import events, frame, requires_bwrap
+from tests.conftest import events, frame
 
 READ_A = frame({"name": "SYS_READ", "path": "a.txt"})
 READ_B = frame({"name": "SYS_READ", "path": "b.txt"})
@@ -21,7 +21,6 @@ def trap_ticks(paths, kind):
     return [e.tick for e in events(paths, "trap") if e.data.kind == kind]
 
 
-@requires_bwrap
 @pytest.mark.parametrize(("kind", "replies", "tick"), [
     ("SCHEMA_VIOLATION", [READ_A, "I think I should read the file."], 1),
     ("PAGE_FAULT", [READ_A, frame({"name": "SYS_READ", "path": "missing.txt"})], 1),
@@ -42,7 +41,6 @@ def test_each_trap_kind_is_journaled_at_its_tick(runner, kind, replies, tick):
     assert verify(paths.journal).ok
 
 
-@requires_bwrap
 def test_idle_thrashing_after_six_ticks_without_progress(runner):
     misses = [frame({"name": "SYS_EDIT", "path": "a.txt", "search": f"nothing-{i}", "replace": "x"}) for i in range(7)]
     _, paths = runner.run(misses)
@@ -50,7 +48,6 @@ def test_idle_thrashing_after_six_ticks_without_progress(runner):
     assert trap_ticks(paths, "THRASHING") == [6]
 
 
-@requires_bwrap
 def test_watchdog_blocks_a_repeat_on_an_unchanged_workspace(runner):
     _, paths = runner.run([frame({"name": "SYS_EXEC", "cmd": "cat a.txt"})] * 5)
     assert trap_ticks(paths, "WATCHDOG") == [4]
@@ -59,7 +56,6 @@ def test_watchdog_blocks_a_repeat_on_an_unchanged_workspace(runner):
     assert not (paths.spill / "exec-4.out").exists()
 
 
-@requires_bwrap
 def test_the_same_command_that_changes_the_workspace_is_progress(runner):
     """`echo x >> log.txt` repeated: each run acts on a new world state, so none is a repeat."""
     _, paths = runner.run([frame({"name": "SYS_EXEC", "cmd": "echo x >> log.txt"})] * 8)
@@ -70,7 +66,6 @@ def test_the_same_command_that_changes_the_workspace_is_progress(runner):
     assert all(worlds[i][1] == worlds[i + 1][0] for i in range(len(worlds) - 1))
 
 
-@requires_bwrap
 def test_rerunning_tests_after_each_edit_is_progress_even_with_the_same_output(runner):
     """Edit, run, edit, run: the edits touch only a comment, so the test output never changes; the world does."""
     replies = []
@@ -83,7 +78,6 @@ def test_rerunning_tests_after_each_edit_is_progress_even_with_the_same_output(r
     assert len(seen) == 1  # identical observations (pytest's timing masked) on eight different world states
 
 
-@requires_bwrap
 def test_long_output_is_paged_not_trapped_and_every_page_reads_back(runner):
     cmd = "python3 -c \"import sys; [print(f'line {i:05d} ' + 'x' * 60) for i in range(300)]\""
     replies = [frame({"name": "SYS_EXEC", "cmd": cmd})] + [
@@ -102,7 +96,6 @@ def test_long_output_is_paged_not_trapped_and_every_page_reads_back(runner):
     assert "".join(pages) == (paths.spill / "exec-0.out").read_text()
 
 
-@requires_bwrap
 def test_an_injected_flood_is_a_trap_below_the_ceiling(runner):
     replies = [frame({"name": "SYS_EXEC", "cmd": "echo hello"})]
     _, paths = runner.run(replies, chaos={"log_flood": 1.0})
@@ -111,7 +104,6 @@ def test_an_injected_flood_is_a_trap_below_the_ceiling(runner):
     assert read_jsonl(paths.trace)[0]["result"]["bytes"] < 1_048_576
 
 
-@requires_bwrap
 def test_panic_budget_spent_means_death(runner):
     _, paths = runner.run(["garbage"] * 30, panic_budget=3)
     manifest = (paths.manifest).read_text()
@@ -125,7 +117,6 @@ def test_panic_budget_spent_means_death(runner):
     assert verify(paths.journal).ok
 
 
-@requires_bwrap
 def test_recovery_records_mttr_from_first_trap(runner):
     replies = [READ_A, frame({"name": "SYS_READ", "path": "nope"}), "prose", WRITE_HELLO, HALT]
     result, paths = runner.run(replies)
@@ -136,7 +127,6 @@ def test_recovery_records_mttr_from_first_trap(runner):
     assert rec[0].data.traps == ["PAGE_FAULT", "SCHEMA_VIOLATION"]
 
 
-@requires_bwrap
 def test_panic_clears_history_and_repins_goal(runner):
     replies = ["x", "y", "z", READ_A]
     _, paths = runner.run(replies, panic_budget=3)
@@ -147,7 +137,6 @@ def test_panic_clears_history_and_repins_goal(runner):
     assert last["d"] == "sys://panic"
 
 
-@requires_bwrap
 def test_injected_faults_are_told_apart(runner):
     replies = [frame({"name": "SYS_WRITE", "path": f"f{i}.txt", "content": "data" * 10}) for i in range(3)]
     _, paths = runner.run(replies, chaos={"write_deny": 1.0}, panic_budget=5)
@@ -161,7 +150,6 @@ def test_injected_faults_are_told_apart(runner):
     assert [t.data.injected for t in events(natural, "trap")] == [False]
 
 
-@requires_bwrap
 def test_register_is_bounded(runner):
     long_q = frame({"name": "SYS_READ", "path": "a.txt"}, q="n" * 1900)
     _, paths = runner.run([long_q, READ_B], context={"register_max_chars": 100})
@@ -170,7 +158,6 @@ def test_register_is_bounded(runner):
     assert any(e.data.section == "register" for e in events(paths, "evict"))
 
 
-@requires_bwrap
 def test_window_policy_repins_the_goal_after_a_panic(runner):
     reads = [frame({"name": "SYS_READ", "path": p}) for p in ("a.txt", "b.txt", "sub/c.txt")]
     replies = reads + ["x", "y", "z"] + reads

@@ -18,10 +18,7 @@ from bloodwork.matrix.recount import recount
 from bloodwork.matrix.report import MatrixError, MatrixReport
 from bloodwork.matrix.run import MatrixOptions, default_label, exclusions, run_matrix
 from bloodwork.matrix.score import Answer, score
-from tests.conftest import requires_bwrap
 from tests.data.conftest import Story
-
-pytestmark = requires_bwrap
 
 # A SCRIPTED FAKE, not a model: of every ten states it answers the first three with broken JSON.
 FAKE_30PCT_INVALID = '''

@@ -196,27 +196,27 @@ def recount(spec: EvidenceSpec, scratch: Path, run: RunCommand) -> Recounted:
                          problems=[f"its files cannot be read: {type(err).__name__}: {err}"])
 
 
+def _recount_into(spec: EvidenceSpec, argv: list[str], name: str, run: RunCommand,
+                  figures: Callable[[Path], dict[str, Any]], out: Path) -> Recounted:
+    """A recount by a product command that writes its output to `out`, where `figures` reads it."""
+    code = run(argv, name)
+    if code != 0:
+        return Recounted(evidence=spec.name, command=" ".join(argv), values={}, log=f"{name}.log",
+                         problems=[f"`bloodwork {' '.join(argv)}` exited {code}"])
+    return Recounted(evidence=spec.name, command="bloodwork " + " ".join(argv), values=figures(out),
+                     problems=[], log=f"{name}.log")
+
+
 def _recount(spec: EvidenceSpec, scratch: Path, run: RunCommand) -> Recounted:
     name = f"recount-{spec.name}"
     if spec.kind == "extract":
         out = scratch / name
-        argv = ["extract", *spec.inputs, "--out", str(out)]
-        code = run(argv, name)
-        if code != 0:
-            return Recounted(evidence=spec.name, command=" ".join(argv), values={}, log=f"{name}.log",
-                             problems=[f"`bloodwork {' '.join(argv)}` exited {code}"])
-        return Recounted(evidence=spec.name, command="bloodwork " + " ".join(argv), values=extract_figures(out),
-                         problems=[], log=f"{name}.log")
+        return _recount_into(spec, ["extract", *spec.inputs, "--out", str(out)], name, run, extract_figures, out)
     if spec.kind == "profile":
         out = scratch / name
         argv = ["profile", *spec.inputs, "--out", str(out), *(["--compare"] if spec.compare else []),
                 *([] if spec.semantic else ["--no-semantic"])]
-        code = run(argv, name)
-        if code != 0:
-            return Recounted(evidence=spec.name, command=" ".join(argv), values={}, log=f"{name}.log",
-                             problems=[f"`bloodwork {' '.join(argv)}` exited {code}"])
-        return Recounted(evidence=spec.name, command="bloodwork " + " ".join(argv), values=profile_figures(out),
-                         problems=[], log=f"{name}.log")
+        return _recount_into(spec, argv, name, run, profile_figures, out)
     if spec.kind == "matrix":
         argv = ["matrix", "recount", str(spec.dir)]
         code = run(argv, name)

@@ -17,7 +17,7 @@ from typing import Any
 from bloodwork.campaign.audit import AuditRecord
 from bloodwork.campaign.plan import EvidenceSpec
 from bloodwork.campaign.reports import IndexEntry, audit_paths, report_paths
-from bloodwork.campaign.state import CampaignState
+from bloodwork.campaign.state import CampaignState, PhaseState
 from bloodwork.chronos.run import now_iso
 
 CAMPAIGN_SECTIONS = ("failures", "phases", "deaths", "matrix", "heatmaps", "dataset", "evidence")
@@ -114,49 +114,12 @@ def render_campaign(root: Path, state: CampaignState, evidence: list[tuple[int, 
                 f"{sum(p.gate == 'GO' for p in state.phases)} GO, "
                 f"{sum(p.gate is None for p in state.phases)} not judged · generated {esc(now_iso())}"]
 
-    items = []
-    for p in phases:
-        audit = audits.get(p.id)
-        for f in audit.findings if audit else []:
-            if f.severity in ("blocker", "major"):
-                ev = link(f.evidence.split(", ")[0], prefix, f.evidence) if f.evidence else ""
-                items.append(f'<li><span class="{f.severity}">[{esc(f.severity)}]</span> phase {p.id}: '
-                             f"{esc(f.claim)} {ev}{(' — fix: ' + esc(f.fix)) if f.fix else ''}</li>")
-    failures = f"<ul>{''.join(items)}</ul>" if items else '<p class="none">No open blocking or major finding.</p>'
-
-    phase_rows = []
-    for p in phases:
-        last = p.attempts[-1] if p.attempts else None
-        failed = [c.name for c in (last.checks if last else []) if not c.passed]
-        md, js = report_paths(root, p.id)
-        amd = audit_paths(root, p.id)[1]
-        phase_rows.append([esc(p.id), esc(p.name), gate_badge(p.gate), esc(len(p.attempts)), f"{p.wall_s / 60:.1f}",
-                           f"{len(failed)} of {len(last.checks) if last else 0}"
-                           + (f": {esc(', '.join(failed))}" if failed else ""),
-                           link(_rel(md, root), prefix, "report") if md.is_file() else "—",
-                           link(_rel(amd, root), prefix, "audit") if amd.is_file() else "—"])
-
-    death_rows: list[list[str]] = []
-    matrix_parts: list[str] = []
-    heat_parts: list[str] = []
-    data_parts: list[str] = []
-    for phase_id, spec in evidence:
-        folder = Path(spec.out or spec.dir or "")
-        if spec.kind == "extract" and (folder / "sweep_report.json").is_file():
-            death_rows += deaths_rows(folder / "sweep_report.json", root, prefix)
-        elif spec.kind == "matrix" and (folder / "model_matrix.json").is_file():
-            matrix_parts.append(_matrix(folder, phase_id, spec.name, root, prefix))
-        elif spec.kind == "profile" and (folder / "context_decay_profile.json").is_file():
-            heat_parts.append(_profile(folder, phase_id, spec.name, root, prefix))
-        elif spec.kind == "dataset" and (folder / "failure_recovery_dataset_stats.json").is_file():
-            data_parts.append(_dataset(folder, phase_id, spec.name, root, prefix))
-
-    by_phase: dict[int, list[IndexEntry]] = {}
-    for e in index:
-        by_phase.setdefault(e.phase, []).append(e)
+    failures = _open_findings(phases, audits, prefix)
+    phase_rows = _phase_rows(phases, root, prefix)
+    death_rows, matrix_parts, heat_parts, data_parts = _evidence_parts(evidence, root, prefix)
     ev_rows = [[esc(e.phase), esc(e.attempt), esc(e.evidence), esc(e.kind),
                 link(e.path, prefix) if e.exists else f"<code>{esc(e.path)}</code> MISSING", esc(e.files),
-                f"<code>{esc((e.sha256 or '')[:16])}</code>"] for pid in sorted(by_phase) for e in by_phase[pid]]
+                f"<code>{esc((e.sha256 or '')[:16])}</code>"] for e in sorted(index, key=lambda e: e.phase)]
 
     sections = [
         section("failures", "Failures and open findings", failures),
@@ -172,6 +135,54 @@ def render_campaign(root: Path, state: CampaignState, evidence: list[tuple[int, 
                                                   ev_rows, "no evidence indexed")),
     ]
     return page(f"Campaign {state.plan}", subtitle, sections)
+
+
+def _open_findings(phases: list[PhaseState], audits: dict[int, AuditRecord], prefix: str) -> str:
+    """The blocking and major findings of the phases' current audits, as a list."""
+    items = []
+    for p in phases:
+        audit = audits.get(p.id)
+        for f in audit.findings if audit else []:
+            if f.severity in ("blocker", "major"):
+                ev = link(f.evidence.split(", ")[0], prefix, f.evidence) if f.evidence else ""
+                items.append(f'<li><span class="{f.severity}">[{esc(f.severity)}]</span> phase {p.id}: '
+                             f"{esc(f.claim)} {ev}{(' — fix: ' + esc(f.fix)) if f.fix else ''}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else '<p class="none">No open blocking or major finding.</p>'
+
+
+def _phase_rows(phases: list[PhaseState], root: Path, prefix: str) -> list[list[str]]:
+    rows = []
+    for p in phases:
+        last = p.attempts[-1] if p.attempts else None
+        failed = [c.name for c in (last.checks if last else []) if not c.passed]
+        md, js = report_paths(root, p.id)
+        amd = audit_paths(root, p.id)[1]
+        rows.append([esc(p.id), esc(p.name), gate_badge(p.gate), esc(len(p.attempts)), f"{p.wall_s / 60:.1f}",
+                     f"{len(failed)} of {len(last.checks) if last else 0}"
+                     + (f": {esc(', '.join(failed))}" if failed else ""),
+                     link(_rel(md, root), prefix, "report") if md.is_file() else "—",
+                     link(_rel(amd, root), prefix, "audit") if amd.is_file() else "—"])
+    return rows
+
+
+def _evidence_parts(evidence: list[tuple[int, EvidenceSpec]], root: Path, prefix: str
+                    ) -> tuple[list[list[str]], list[str], list[str], list[str]]:
+    """Death rows, matrix tables, heatmaps and dataset tables from the evidence folders that hold them."""
+    death_rows: list[list[str]] = []
+    matrix_parts: list[str] = []
+    heat_parts: list[str] = []
+    data_parts: list[str] = []
+    for phase_id, spec in evidence:
+        folder = Path(spec.out or spec.dir or "")
+        if spec.kind == "extract" and (folder / "sweep_report.json").is_file():
+            death_rows += deaths_rows(folder / "sweep_report.json", root, prefix)
+        elif spec.kind == "matrix" and (folder / "model_matrix.json").is_file():
+            matrix_parts.append(_matrix(folder, phase_id, spec.name, root, prefix))
+        elif spec.kind == "profile" and (folder / "context_decay_profile.json").is_file():
+            heat_parts.append(_profile(folder, phase_id, spec.name, root, prefix))
+        elif spec.kind == "dataset" and (folder / "failure_recovery_dataset_stats.json").is_file():
+            data_parts.append(_dataset(folder, phase_id, spec.name, root, prefix))
+    return death_rows, matrix_parts, heat_parts, data_parts
 
 
 def _matrix(folder: Path, phase_id: int, name: str, root: Path, prefix: str) -> str:

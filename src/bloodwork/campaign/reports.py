@@ -16,15 +16,24 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bloodwork.campaign.audit import AuditRecord, Finding
-from bloodwork.campaign.checks import CheckResult, find_secrets
-from bloodwork.campaign.evidence import Figure, fmt
+from bloodwork.campaign.checks import CheckContext, CheckResult, find_secrets
+from bloodwork.campaign.evidence import (
+    Figure,
+    evidence_paths,
+    fmt,
+    read_figures,
+    recount_description,
+    source_file,
+    tree_digest,
+)
+from bloodwork.campaign.plan import EvidenceSpec
 from bloodwork.campaign.state import Attempt, CampaignState, StepRecord
 from bloodwork.chronos.files import atomic_write, sha256_file
 from bloodwork.chronos.run import now_iso
 
 GATE_BEGIN, GATE_END = "<!-- gate:begin -->", "<!-- gate:end -->"
 REPORTS, AUDITS, HANDOVER = "reports", "audits", "handover"
-INDEX_FILE = "evidence_index.json"
+INDEX_FILE = "evidence_index.json"  # the campaign's (in its root) and each attempt's (in its folder)
 HTML_FILE = "campaign.html"
 
 
@@ -109,11 +118,16 @@ def render_report(r: PhaseReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_pair(js: Path, md: Path, record: BaseModel, text: str) -> None:
+    """A record as JSON and as Markdown, side by side."""
+    js.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(js, record.model_dump_json(indent=1))
+    atomic_write(md, text)
+
+
 def write_report(root: Path, r: PhaseReport) -> None:
     md, js = report_paths(root, r.phase)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(js, r.model_dump_json(indent=1))
-    atomic_write(md, render_report(r))
+    _write_pair(js, md, r, render_report(r))
 
 
 def _finding_line(f: Finding) -> str:
@@ -170,9 +184,7 @@ def render_audit(a: AuditRecord) -> str:
 
 def write_audit(root: Path, a: AuditRecord) -> None:
     js, md = audit_paths(root, a.phase)
-    js.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(js, a.model_dump_json(indent=1))
-    atomic_write(md, render_audit(a))
+    _write_pair(js, md, a, render_audit(a))
     report_md = report_paths(root, a.phase)[0]
     if report_md.is_file():
         set_gate_block(report_md, gate_block(a, root))
@@ -232,4 +244,56 @@ def write_handover(root: Path, state: CampaignState, html_text: str) -> Path:
     manifest = {"created_at": now_iso(), "campaign": str(root), "plan": state.plan, "gates": state.gates(),
                 "secrets_scan": {"files": scanned, "leaks": leaks}, "files": files}
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1))
+    return out
+
+
+def gather_evidence(specs: list[EvidenceSpec], phase: int, attempt: int, ctx: CheckContext
+                    ) -> tuple[list[Figure], list[IndexEntry], list[CheckResult]]:
+    """Each evidence spec's figures, and an index of its files (each path once); a spec whose files cannot be
+    read gives a failed `evidence_readable` check instead of figures."""
+    figures: list[Figure] = []
+    index: list[IndexEntry] = []
+    unreadable: list[CheckResult] = []
+    seen: set[str] = set()
+    for spec in specs:
+        try:
+            values = read_figures(spec)
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+            values = {}
+            unreadable.append(CheckResult(name=f"evidence:{spec.name}", check="evidence_readable", passed=False,
+                                          detail=f"its files cannot be read: {err}",
+                                          expected="the evidence files exist and parse",
+                                          evidence=[ctx.rel(source_file(spec))]))
+        figures += [Figure(id=f"{spec.name}.{k}", value=v, source=ctx.rel(source_file(spec)),
+                           recount=recount_description(spec)) for k, v in values.items()]
+        for path in evidence_paths(spec):
+            rel = ctx.rel(path)
+            if rel in seen:
+                continue
+            seen.add(rel)
+            exists = path.exists()
+            digest, files, size = tree_digest(path) if exists else (None, 0, 0)
+            index.append(IndexEntry(phase=phase, attempt=attempt, evidence=spec.name, kind=spec.kind,
+                                    path=rel, exists=exists, files=files, bytes=size, sha256=digest))
+    return figures, index, unreadable
+
+
+def read_index(root: Path, state: CampaignState) -> list[IndexEntry]:
+    """The evidence index of every attempt so far."""
+    entries = []
+    for p in state.phases:
+        for a in p.attempts:
+            file = root / a.dir / INDEX_FILE
+            if file.is_file():
+                entries += [IndexEntry.model_validate(e) for e in json.loads(file.read_text())]
+    return entries
+
+
+def read_audits(root: Path, state: CampaignState) -> dict[int, AuditRecord]:
+    """The current audit of each phase that has one."""
+    out = {}
+    for p in state.phases:
+        path = audit_paths(root, p.id)[0]
+        if path.is_file():
+            out[p.id] = AuditRecord.model_validate_json(path.read_text())
     return out

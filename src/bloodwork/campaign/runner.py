@@ -22,6 +22,7 @@ from bloodwork.campaign import reports
 from bloodwork.campaign.audit import (
     AuditorCall,
     AuditRecord,
+    Finding,
     ask_auditor,
     auditor_messages,
     compare_checks,
@@ -31,15 +32,7 @@ from bloodwork.campaign.audit import (
     step_findings,
 )
 from bloodwork.campaign.baseline import PACKAGE_DIR, source_root
-from bloodwork.campaign.checks import CHECKS, CheckContext, CheckResult
-from bloodwork.campaign.evidence import (
-    Figure,
-    evidence_paths,
-    read_figures,
-    recount_description,
-    source_file,
-    tree_digest,
-)
+from bloodwork.campaign.checks import CHECKS, CheckContext
 from bloodwork.campaign.html import render_campaign
 from bloodwork.campaign.plan import (
     EvidenceSpec,
@@ -71,7 +64,6 @@ from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import now_iso
 
 Say = Callable[[str], None]
-ATTEMPT_INDEX = "evidence_index.json"
 
 
 class Runner:
@@ -272,12 +264,13 @@ class Runner:
             since = time.monotonic()
             self.save()
         if attempt.stage == "audit":
-            record = self.audit(phase, attempt)
-            attempt.gate, attempt.blockers, attempt.findings = record.gate, len(record.blockers()), len(record.findings)
+            audited = self.audit(phase, attempt)
+            blockers = len(audited.blockers())
+            attempt.gate, attempt.blockers, attempt.findings = audited.gate, blockers, len(audited.findings)
             attempt.stage, attempt.status, attempt.ended_at = "done", "done", now_iso()
             self._tick_wall(attempt, since)
             self.save()
-            self.say(f"  audit: {record.gate} ({len(record.blockers())} blocking of {len(record.findings)} findings)")
+            self.say(f"  audit: {audited.gate} ({blockers} blocking of {len(audited.findings)} findings)")
 
     def _command(self, scratch: Path) -> Callable[[list[str], str], int]:
         def run(args: list[str], name: str) -> int:
@@ -296,30 +289,10 @@ class Runner:
         ctx = self._check_context(phase_dir / "checks")
         attempt.checks = [CHECKS[check].evaluate(name, args, ctx)
                           for name, check, args in self.resolved_checks(phase, attempt)]
-        figures: list[Figure] = []
-        index: list[reports.IndexEntry] = []
-        seen: set[str] = set()
-        for spec in self.resolved_evidence(phase, attempt):
-            try:
-                values = read_figures(spec)
-            except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
-                values = {}
-                attempt.checks.append(CheckResult(name=f"evidence:{spec.name}", check="evidence_readable", passed=False,
-                                                  detail=f"its files cannot be read: {err}",
-                                                  expected="the evidence files exist and parse",
-                                                  evidence=[ctx.rel(source_file(spec))]))
-            figures += [Figure(id=f"{spec.name}.{k}", value=v, source=ctx.rel(source_file(spec)),
-                               recount=recount_description(spec)) for k, v in values.items()]
-            for path in evidence_paths(spec):
-                rel = ctx.rel(path)
-                if rel in seen:
-                    continue
-                seen.add(rel)
-                exists = path.exists()
-                digest, files, size = tree_digest(path) if exists else (None, 0, 0)
-                index.append(reports.IndexEntry(phase=phase.id, attempt=attempt.n, evidence=spec.name, kind=spec.kind,
-                                                path=rel, exists=exists, files=files, bytes=size, sha256=digest))
-        atomic_write(phase_dir / ATTEMPT_INDEX, json.dumps([e.model_dump() for e in index], indent=1))
+        figures, index, unreadable = reports.gather_evidence(self.resolved_evidence(phase, attempt), phase.id,
+                                                             attempt.n, ctx)
+        attempt.checks += unreadable
+        atomic_write(phase_dir / reports.INDEX_FILE, json.dumps([e.model_dump() for e in index], indent=1))
         earlier = [{"n": a.n, "gate": a.gate, "report": f"{a.dir}/report.md", "audit": f"{a.dir}/audit.md"}
                    for a in ps.attempts if a is not attempt]
         reports.write_report(self.root, reports.PhaseReport(
@@ -341,10 +314,11 @@ class Runner:
         results += [c for c in attempt.checks if c.check == "evidence_readable"]
         findings += compare_checks(md_text, js, results, md_rel, js_rel)
         findings += step_findings(attempt.steps)
-        call, extra = AuditorCall(), []
+        call = AuditorCall()
+        extra: list[Finding] = []
         if self.state.auditor and phase.llm_audit:
-            index = json.loads((self.root / attempt.dir / ATTEMPT_INDEX).read_text()) \
-                if (self.root / attempt.dir / ATTEMPT_INDEX).is_file() else []
+            index = json.loads((self.root / attempt.dir / reports.INDEX_FILE).read_text()) \
+                if (self.root / attempt.dir / reports.INDEX_FILE).is_file() else []
             name = f"phase{phase.id}.attempt{attempt.n}.call{self.state.auditor_calls}.json"
             raw = self.root / reports.AUDITS / "raw" / name
             call, extra = ask_auditor(self.state.auditor, auditor_messages(md_text, results, findings, index),
@@ -383,21 +357,10 @@ class Runner:
     # -- outputs -------------------------------------------------------------------------------------
 
     def audits(self) -> dict[int, AuditRecord]:
-        out = {}
-        for p in self.state.phases:
-            path = reports.audit_paths(self.root, p.id)[0]
-            if path.is_file():
-                out[p.id] = AuditRecord.model_validate_json(path.read_text())
-        return out
+        return reports.read_audits(self.root, self.state)
 
     def index(self) -> list[reports.IndexEntry]:
-        entries = []
-        for p in self.state.phases:
-            for a in p.attempts:
-                file = self.root / a.dir / ATTEMPT_INDEX
-                if file.is_file():
-                    entries += [reports.IndexEntry.model_validate(e) for e in json.loads(file.read_text())]
-        return entries
+        return reports.read_index(self.root, self.state)
 
     def final_evidence(self) -> list[tuple[int, EvidenceSpec]]:
         out = []

@@ -24,6 +24,7 @@ STATE_FILE = "campaign.json"
 PLAN_COPY = "plan.yaml"
 LOCK_FILE = ".campaign.lock"
 Gate = Literal["GO", "NO-GO"]
+StepStatus = Literal["running", "ok", "failed", "timeout", "missing"]
 
 
 class CampaignError(BloodworkError, ValueError):
@@ -33,7 +34,7 @@ class CampaignError(BloodworkError, ValueError):
 class StepRecord(BaseModel):
     name: str
     argv: list[str] = Field(default_factory=list)
-    status: Literal["running", "ok", "failed", "timeout", "missing"] = "running"
+    status: StepStatus = "running"
     exit: int | None = None
     wall_s: float | None = None
     log: str | None = Field(default=None, description="stdout + stderr, relative to the campaign directory")

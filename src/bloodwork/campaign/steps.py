@@ -21,7 +21,7 @@ from pathlib import Path
 from bloodwork.campaign import baseline
 from bloodwork.campaign.baseline import PACKAGE_DIR
 from bloodwork.campaign.plan import Step
-from bloodwork.campaign.state import StepRecord
+from bloodwork.campaign.state import StepRecord, StepStatus
 from bloodwork.chronos.files import atomic_write
 from bloodwork.chronos.run import now_iso
 
@@ -96,6 +96,7 @@ def run_step(step: Step, args: list[str], phase_dir: Path, root: Path, log: Path
     else:
         argv = bloodwork_argv(args)
     code, timed_out, wall = execute(argv, log, root, timeout)
+    status: StepStatus
     if timed_out:
         status, note = "timeout", f"killed after {step.timeout_min} min"
     elif code in step.allow_exit:

@@ -30,7 +30,7 @@ class Boundary(TyperGroup):
     a bug, exit 3, its traceback in a crash report and a pointer to it, no traceback on the console. Here and
     not in `main`, so `CliRunner` and in-process callers (the demo) get the same answer."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context, whose module is private
         try:
             return super().invoke(ctx)
         except (typer.TyperException, typer.Exit, typer.Abort):

@@ -52,6 +52,7 @@ from bloodwork.data.formats import (
     Pool,
     RowMeta,
     SftRow,
+    SplitAssignment,
     SplitName,
     TrainLength,
     assistant,
@@ -217,6 +218,45 @@ def _collect(inputs: list[Path], options: BuildOptions, on_run: Callable[[int, i
     return got
 
 
+def _split_and_deduplicate(examples: list[Example], splits: SplitAssignment, near_threshold: float,
+                           dedup: DedupCounts) -> dict[SplitName, list[Example]]:
+    # Split first, then deduplicate within each split: deduplicating first would keep a state's earliest
+    # copy wherever it happens to be and could empty the test split. The test split wins every collision.
+    by_split: dict[SplitName, list[Example]] = {
+        s: deduplicate([e for e in examples if splits.groups[e.group] == s], near_threshold, dedup)
+        for s in SPLITS}
+    train = drop_test_matches(by_split["train"], by_split["test"], near_threshold)
+    dedup.cross_split = len(by_split["train"]) - len(train)
+    by_split["train"] = train
+    return by_split
+
+
+def _dpo_rows(split: SplitName, examples: list[Example], forks: list[ForkRecord], splits: SplitAssignment,
+              provenance: list[str], test_prompts: set[str], dpo: DpoStats) -> list[BaseModel]:
+    """A split's preference pairs: same-prompt pairs of its examples, and the pairs of the forks of its groups
+    (in train, none whose prompt is a test prompt)."""
+    natural = _same_prompt_pairs(examples, split)
+    forked = [row for f in forks if splits.groups.get(f.group) == split for row in _fork_pairs(f, split, provenance)]
+    if split == "train":
+        kept = [r for r in forked if r.meta.prompt_sha256 not in test_prompts]
+        dpo.fork_pairs_withheld += len(forked) - len(kept)
+        forked = kept
+    dpo.same_prompt_pairs += len(natural)
+    dpo.fork_pairs += len(forked)
+    return [*forked, *natural]
+
+
+def _write_files(out: Path, files: dict[str, list[BaseModel]]) -> None:
+    """The row files, each written whole; a file of an earlier build that this one leaves empty is removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        for kind in FILE_KINDS:
+            (out / split / f"{kind}.jsonl").unlink(missing_ok=True)
+    for name, file_rows in files.items():
+        if file_rows:
+            write_jsonl(out / name, file_rows)
+
+
 def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, generator: str,
                   on_run: Callable[[int, int], None] | None = None) -> DatasetStats:
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_FILE).is_file():
@@ -226,14 +266,7 @@ def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, gener
     dedup = DedupCounts()
     splits = assign_splits(got.group_tasks, test_fraction=options.test_fraction, seed=options.seed,
                            holdout_tasks=options.holdout_tasks)
-    # Split first, then deduplicate within each split: deduplicating first would keep a state's earliest
-    # copy wherever it happens to be and could empty the test split. The test split wins every collision.
-    by_split: dict[SplitName, list[Example]] = {
-        s: deduplicate([e for e in got.examples if splits.groups[e.group] == s], options.near_threshold, dedup)
-        for s in SPLITS}
-    train = drop_test_matches(by_split["train"], by_split["test"], options.near_threshold)
-    dedup.cross_split = len(by_split["train"]) - len(train)
-    by_split["train"] = train
+    by_split = _split_and_deduplicate(got.examples, splits, options.near_threshold, dedup)
     test_prompts = {e.prompt_sha for e in by_split["test"]}
 
     distinct = _distinct_states(got.examples, [e for split in SPLITS for e in by_split[split]])
@@ -251,27 +284,13 @@ def build_dataset(inputs: list[Path], out: Path, options: BuildOptions, *, gener
                                        for e in rows if e.positive]
         files[f"{split}/kto.jsonl"] = [KtoRow(prompt=e.prompt, completion=assistant(e.completion), label=e.positive,
                                               meta=_meta(e, split)) for e in rows]
-        natural = _same_prompt_pairs(by_split[split], split)
-        forked = [row for f in got.forks if splits.groups.get(f.group) == split
-                  for row in _fork_pairs(f, split, options.provenance)]
-        if split == "train":
-            kept = [r for r in forked if r.meta.prompt_sha256 not in test_prompts]
-            dpo.fork_pairs_withheld += len(forked) - len(kept)
-            forked = kept
-        dpo.same_prompt_pairs += len(natural)
-        dpo.fork_pairs += len(forked)
-        files[f"{split}/dpo.jsonl"] = [*forked, *natural]
+        files[f"{split}/dpo.jsonl"] = _dpo_rows(split, by_split[split], got.forks, splits, options.provenance,
+                                                test_prompts, dpo)
     for f in got.forks:
         for refusal in f.refused:
             dpo.refused[refusal.reason_class] = dpo.refused.get(refusal.reason_class, 0) + 1
 
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        for kind in FILE_KINDS:
-            (out / split / f"{kind}.jsonl").unlink(missing_ok=True)
-    for name, rows in files.items():
-        if rows:
-            write_jsonl(out / name, rows)
+    _write_files(out, files)
     atomic_write(out / SPLITS_FILE, splits.model_dump_json(indent=2))
     leak = check_split_leak(out)
     recovery_rows = [e for e in chosen if e.pool == "recovery"]

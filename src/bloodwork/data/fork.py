@@ -43,7 +43,7 @@ from bloodwork.chaos.plan import ChaosProfile
 from bloodwork.chronos.context_log import messages_at
 from bloodwork.chronos.journal import canonical_json, read_events
 from bloodwork.chronos.records import ChaosEvent, DeathEvent, Event, PanicEvent, TickEvent, TrapEvent, of_kind
-from bloodwork.chronos.run import RunManifest, RunPaths, now_iso
+from bloodwork.chronos.run import Provenance, RunManifest, RunPaths, now_iso
 from bloodwork.data.formats import Messages, prompt_sha256
 from bloodwork.data.teacher import judge_teacher, teacher_options
 from bloodwork.errors import BloodworkError
@@ -141,7 +141,7 @@ class ForkRecord(BaseModel):
 class _RecordedPrefix:
     """The run's raw outputs (a ReplayOracle) counted in the original model's tokenizer."""
 
-    provenance: Literal["replay"] = "replay"
+    provenance = Provenance.REPLAY
 
     def __init__(self, run_dir: Path, tokenizer: Tokenizer) -> None:
         self._replay = ReplayOracle(f"replay:{run_dir}", str(run_dir))
@@ -327,12 +327,11 @@ def _branch(cand: Candidate, done: Completion, base: Path, out: Path, continuati
     cand.polarity = POLARITY[cand.label]
 
 
-def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int = 3, temperature: float = 0.8,
-             top_p: float = 0.95, seed: int = 0, model: str | None = None, teacher: str | None = None,
-             on_step: Callable[[str], None] | None = None, command_line: list[str] | None = None) -> ForkRecord:
-    paths = RunPaths(run_dir)
+def _forkable(paths: RunPaths, tick: int, samples: int, *, out: Path, horizon: int, temperature: float,
+              teacher: str | None) -> RunManifest:
+    """The run's manifest, once the fork's arguments are known to be usable (else ForkError)."""
     if not paths.manifest.is_file():
-        raise ForkError(f"{run_dir} is not a run directory (no run.json)")
+        raise ForkError(f"{paths.root} is not a run directory (no run.json)")
     m = RunManifest.load(paths)
     if not 0 <= tick < m.ticks:
         raise ForkError(f"run {m.run_id} has ticks 0..{m.ticks - 1}; tick {tick} cannot be forked")
@@ -340,6 +339,14 @@ def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int 
         raise ForkError("a fork needs --samples >= 2 (or >= 0 with --teacher), --horizon >= 1 and --temperature > 0")
     if out.exists() and any(out.iterdir()):
         raise ForkError(f"{out} exists already; choose another --out")
+    return m
+
+
+def fork_run(run_dir: Path, tick: int, samples: int, *, out: Path, horizon: int = 3, temperature: float = 0.8,
+             top_p: float = 0.95, seed: int = 0, model: str | None = None, teacher: str | None = None,
+             on_step: Callable[[str], None] | None = None, command_line: list[str] | None = None) -> ForkRecord:
+    paths = RunPaths(run_dir)
+    m = _forkable(paths, tick, samples, out=out, horizon=horizon, temperature=temperature, teacher=teacher)
     step = on_step or (lambda _msg: None)
     prompt = messages_at(paths.context, tick)
     sha = prompt_sha256(prompt)

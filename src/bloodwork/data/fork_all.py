@@ -113,15 +113,9 @@ def _state_dir(out: Path, run_id: str, tick: int) -> Path:
     return out / run_id / f"t{tick}"
 
 
-def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every: int | None = None,
-             teachers: list[str] | None = None, temperature: float = 0.8, top_p: float = 0.95, seed: int = 0,
-             model: str | None = None, include_scripted: bool = False,
-             on_progress: Callable[[int, int, str], None] | None = None) -> AllForks:
-    teachers = teachers or []
-    if samples < 0 or (samples < 2 and not teachers):
-        raise ForkError("--all-traps needs --samples >= 2, or a --teacher (then --samples may be 0)")
+def _forkable_runs(inputs: list[Path], out: Path, include_scripted: bool, skipped: dict[str, int]) -> list[Path]:
+    """The runs under `inputs` whose provenance may be forked, minus fork artifacts (counted in `skipped`)."""
     runs: list[Path] = []
-    skipped: dict[str, int] = {}
     allowed = {"real"} | (NOT_MODEL_BEHAVIOUR if include_scripted else set())
     out_resolved = out.resolve()
     for run in find_runs(inputs):
@@ -134,6 +128,12 @@ def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every
             skipped[key] = skipped.get(key, 0) + 1
             continue
         runs.append(run)
+    return runs
+
+
+def _planned_states(runs: list[Path], teachers: list[str], samples: int, every: int | None,
+                    skipped: dict[str, int]) -> list[ForkState]:
+    """The trap states of each run to fork; a run with no sampling and no teacher for its task is skipped."""
     plan: list[ForkState] = []
     for run in runs:
         m = RunManifest.load(RunPaths(run))
@@ -143,6 +143,19 @@ def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every
             continue
         plan += [ForkState(run_id=m.run_id, run_dir=str(run), task=m.task, tick=t, why=why, teacher=teacher)
                  for t, why in trap_states(run, every)]
+    return plan
+
+
+def fork_all(inputs: list[Path], out: Path, *, samples: int, horizon: int, every: int | None = None,
+             teachers: list[str] | None = None, temperature: float = 0.8, top_p: float = 0.95, seed: int = 0,
+             model: str | None = None, include_scripted: bool = False,
+             on_progress: Callable[[int, int, str], None] | None = None) -> AllForks:
+    teachers = teachers or []
+    if samples < 0 or (samples < 2 and not teachers):
+        raise ForkError("--all-traps needs --samples >= 2, or a --teacher (then --samples may be 0)")
+    skipped: dict[str, int] = {}
+    runs = _forkable_runs(inputs, out, include_scripted, skipped)
+    plan = _planned_states(runs, teachers, samples, every, skipped)
     out.mkdir(parents=True, exist_ok=True)
     options: dict[str, object] = {"samples": samples, "horizon": horizon, "every": every, "teachers": teachers,
                                   "temperature": temperature, "top_p": top_p, "seed": seed, "model": model}

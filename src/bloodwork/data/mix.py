@@ -22,7 +22,7 @@ class MixError(BloodworkError, ValueError):
     """A mix string that cannot be read."""
 
 
-def parse_mix(text: str) -> dict[Pool, float]:
+def parse_mix(text: str) -> dict[str, float]:
     """`golden=0.4,recovery=0.4,rejected=0.2`, or shares in pool order `15/65/20`; normalized to sum 1."""
     raw: dict[str, float] = {}
     try:
@@ -54,14 +54,18 @@ def _rank(seed: int, e: Example) -> str:
 
 def apply_mix(pools: dict[Pool, list[Example]], target: Mapping[str, float], *, seed: int,
               size: int | None = None) -> tuple[dict[Pool, list[Example]], MixReport]:
-    available = {p: len(pools.get(p, [])) for p in POOLS}
+    # Keyed by pool name as str: the report's fields (and a mix's keys) are plain strings.
+    available: dict[str, int] = {p: len(pools.get(p, [])) for p in POOLS}
     active = {p: target.get(p, 0.0) for p in POOLS if target.get(p, 0.0) > 0}
     limits = {p: available[p] / f for p, f in active.items()}
-    limiting: str | None = min(limits, key=lambda p: (limits[p], p)) if limits else None
-    total = limits[limiting] if limiting else 0.0
+    limiting: str | None = None
+    total = 0.0
+    if limits:
+        scarcest = min(limits, key=lambda p: (limits[p], p))
+        limiting, total = scarcest, limits[scarcest]
     if size is not None and size < total:
         total, limiting = float(size), "size cap"
-    counts = {p: math.floor(total * active.get(p, 0.0) + 1e-9) for p in POOLS}
+    counts: dict[str, int] = {p: math.floor(total * active.get(p, 0.0) + 1e-9) for p in POOLS}
     selected = {p: sorted(pools.get(p, []), key=lambda e: _rank(seed, e))[: counts[p]] for p in POOLS}
     n = sum(counts.values())
     report = MixReport(target=dict(target), available=available, selected=counts,

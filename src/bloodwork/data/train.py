@@ -35,7 +35,7 @@ from bloodwork.chronos.files import atomic_write, sha256_file
 from bloodwork.chronos.run import now_iso, versions
 from bloodwork.data.formats import MANIFEST_FILE, TRAIN_LENGTH_FILE, DatasetManifest, TrainLength, prompt_sha256
 from bloodwork.errors import BloodworkError
-from bloodwork.evidence.stats import distribution
+from bloodwork.evidence.stats import Distribution, distribution
 from bloodwork.oracles.base import OracleConfigError
 
 Kind = Literal["sft", "dpo"]
@@ -229,12 +229,14 @@ def _trainer(kind: Kind, cfg: TrainConfig, model: Any, tokenizer: Any, rows: lis
 
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
                       task_type="CAUSAL_LM")
-    common = {"output_dir": str(workdir), "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch,
-              "gradient_accumulation_steps": cfg.grad_accum, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
-              "logging_steps": 1, "save_strategy": "no", "report_to": [], "activation_checkpointing": False,
-              "max_length": cfg.max_length, "use_cpu": not cuda, "bf16": cfg.bf16, "disable_tqdm": True,
-              "dataloader_num_workers": 0}
+    common: dict[str, Any] = {
+        "output_dir": str(workdir), "max_steps": cfg.steps, "per_device_train_batch_size": cfg.batch,
+        "gradient_accumulation_steps": cfg.grad_accum, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
+        "logging_steps": 1, "save_strategy": "no", "report_to": [], "activation_checkpointing": False,
+        "max_length": cfg.max_length, "use_cpu": not cuda, "bf16": cfg.bf16, "disable_tqdm": True,
+        "dataloader_num_workers": 0}
     data = Dataset.from_list(rows)
+    trainer: SFTTrainer | DPOTrainer
     if kind == "sft":
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, assistant_only_loss=True), train_dataset=data,
                              processing_class=tokenizer, peft_config=lora, callbacks=[callback])
@@ -247,18 +249,42 @@ def _trainer(kind: Kind, cfg: TrainConfig, model: Any, tokenizer: Any, rows: lis
     return trainer
 
 
+def _with_max_length(cfg: TrainConfig, data_dir: Path) -> tuple[TrainConfig, str]:
+    """`cfg` with a max length (the flag's, else the one dataset build measured, else 2048), and where it came from."""
+    if cfg.max_length is not None:
+        return cfg, "--max-length"
+    measured = data_dir / TRAIN_LENGTH_FILE
+    chosen = TrainLength.model_validate_json(measured.read_text()).chosen if measured.is_file() else None
+    length_from = f"{TRAIN_LENGTH_FILE} (measured by dataset build)" if chosen else "default 2048 (no measurement)"
+    return cfg.model_copy(update={"max_length": chosen or 2048}), length_from
+
+
+def _step_times(steps: list[StepLog]) -> Distribution:
+    per_step = [b.elapsed_s - a.elapsed_s for a, b in zip(steps, steps[1:], strict=False)]
+    if steps:
+        per_step.insert(0, steps[0].elapsed_s)
+    return distribution(per_step)
+
+
+def _trained_on(metas: list[dict[str, Any]], start_adapter: Path | None) -> tuple[set[str], set[str]]:
+    """The groups and prompt hashes the adapter has seen, this training's and those of the adapter it continues."""
+    groups = {g for m in metas for g in (m.get("group"), m.get("run_id")) if g}
+    prompts = {prompt_sha256(m["prompt"]) for m in metas}
+    if start_adapter is not None and (start_adapter / TRAIN_FILE).is_file():
+        # The adapter carries what it was trained on before: a matrix must keep those states out too.
+        earlier = TrainRecord.model_validate_json((start_adapter / TRAIN_FILE).read_text())
+        groups |= set(earlier.train_groups)
+        prompts |= set(earlier.train_prompt_sha256)
+    return groups, prompts
+
+
 def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
           on_step: Callable[[int, float | None], None] | None = None) -> TrainRecord:
     start_adapter = check_base(cfg.base, cfg.kind)
     if out.exists() and any(out.iterdir()):
         raise TrainError(f"{out} exists already; choose another --out")
     path, manifest = _data_file(data_dir, cfg.kind)
-    length_from = "--max-length"
-    if cfg.max_length is None:
-        measured = data_dir / TRAIN_LENGTH_FILE
-        chosen = TrainLength.model_validate_json(measured.read_text()).chosen if measured.is_file() else None
-        length_from = f"{TRAIN_LENGTH_FILE} (measured by dataset build)" if chosen else "default 2048 (no measurement)"
-        cfg = cfg.model_copy(update={"max_length": chosen or 2048})
+    cfg, length_from = _with_max_length(cfg, data_dir)
     assert cfg.max_length is not None
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
@@ -291,19 +317,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, *,
         trainer.train()
         trainer.model.save_pretrained(str(out))
     duration = time.perf_counter() - t0
-    per_step = [b.elapsed_s - a.elapsed_s for a, b in zip(steps, steps[1:], strict=False)]
-    if steps:
-        per_step.insert(0, steps[0].elapsed_s)
-    spread = distribution(per_step)
+    spread = _step_times(steps)
     (out / LOSS_JSON).write_text(json.dumps([s.model_dump() for s in steps], indent=1))
     plot_loss(steps, out / LOSS_PNG, title=f"{cfg.kind.upper()} LoRA r={cfg.rank} on {path.parent.parent.name}")
-    groups = {g for m in metas for g in (m.get("group"), m.get("run_id")) if g}
-    prompts = {prompt_sha256(m["prompt"]) for m in metas}
-    if start_adapter is not None and (start_adapter / TRAIN_FILE).is_file():
-        # The adapter carries what it was trained on before: a matrix must keep those states out too.
-        earlier = TrainRecord.model_validate_json((start_adapter / TRAIN_FILE).read_text())
-        groups |= set(earlier.train_groups)
-        prompts |= set(earlier.train_prompt_sha256)
+    groups, prompts = _trained_on(metas, start_adapter)
     record = TrainRecord(
         config=cfg, learning_rate=cfg.learning_rate,
         base={"spec": cfg.base, "weights": GGUF_NAME, "gguf_sha256": loaded.gguf_sha256,

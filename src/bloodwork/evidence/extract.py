@@ -96,6 +96,7 @@ def run_events(run: Path) -> tuple[RunSummary, list[ThrashEvent], list[Event]]:
     origins = _streak_origins(events)
     out = []
     for e in events:
+        origin: Origin
         if e.kind == "trap":
             kind, origin = e.data.kind, "injected" if e.data.injected else "natural"
         elif e.kind == "recovery":

@@ -230,18 +230,18 @@ def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
 
     ticks = []
     for t in sorted(tick_events):
-        rec, ev, tr = ctx.get(t, {}), tick_events[t], committed.get(t, {})
+        rec, td, tr = ctx.get(t, {}), tick_events[t], committed.get(t, {})
         op = (tr.get("frame") or {}).get("op")
         span = rec.get("history")
         ticks.append(TickSignals(
             tick=t, tokens={s: int(rec.get("tokens", {}).get(s, 0)) for s in SECTIONS},
-            total=int(rec.get("total", ev.context_tokens)), budget=int(rec.get("budget", 0)),
+            total=int(rec.get("total", td.context_tokens)), budget=int(rec.get("budget", 0)),
             over_budget=bool(rec.get("over_budget")), history_span=tuple(span) if span else None,
             evicted=dict(evicted.get(t, {})), evicted_tokens=sum(evicted.get(t, {}).values()),
-            evictions=evictions.get(t, 0), op=ev.op,
+            evictions=evictions.get(t, 0), op=td.op,
             target=(op.get("path") or op.get("cmd") or op.get("reason")) if op else None,
-            relevant=op_relevant(op, relevance), refetch=t in refetch, traps=list(ev.traps),
-            violation=ev.violation, panic=t in panics, probe=by_tick.get(t)))
+            relevant=op_relevant(op, relevance), refetch=t in refetch, traps=list(td.traps),
+            violation=td.violation, panic=t in panics, probe=by_tick.get(t)))
     exact = all(r.get("exact", False) for r in ctx.values()) if ctx else False
     return RunSignals(manifest=manifest, path=str(run), goal=goal, journal_ok=journal_ok, tokens_exact=exact,
                       relevance=relevance, semantic=info, ticks=ticks)

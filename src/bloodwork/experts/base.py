@@ -18,8 +18,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+from bloodwork.chronos.run import Provenance
 from bloodwork.errors import BloodworkError
 from bloodwork.experts.edits import Op
 from bloodwork.experts.observe import LastMessage, last_message, pinned_goal
@@ -72,7 +73,7 @@ def halt(thought: str, reason: str) -> Decision:
 class ExpertOracle:
     """The oracle protocol around a policy. Tokens are estimated (4 chars/token), as for scripted oracles."""
 
-    provenance: Literal["expert"] = "expert"
+    provenance = Provenance.EXPERT
 
     def __init__(self, spec: str, policy: Policy) -> None:
         self.spec = spec

@@ -120,9 +120,11 @@ def run(req, quota):
     over_quota = None
     deadline = start + req["timeout_s"]
     next_quota = start + QUOTA_FIRST_CHECK_S
+    stdout = proc.stdout
+    assert stdout is not None  # stdout=PIPE above
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    fd = proc.stdout.fileno()
+    sel.register(stdout, selectors.EVENT_READ)
+    fd = stdout.fileno()
     exited_at = None
     while True:
         now = time.monotonic()
@@ -158,7 +160,7 @@ def run(req, quota):
         if len(kept) < KEEP_BYTES:
             kept += chunk[: KEEP_BYTES - len(kept)]
     sel.close()
-    proc.stdout.close()
+    stdout.close()
     if timed_out or over_quota is not None:
         _kill_group(proc.pid)
     code = proc.wait()

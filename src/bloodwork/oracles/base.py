@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
+from bloodwork.chronos.run import Provenance
 from bloodwork.errors import BloodworkError
 
 Message = dict[str, str]
@@ -86,8 +87,15 @@ class CharEstimate:
 @runtime_checkable
 class Oracle(Protocol):
     spec: str
-    provenance: Literal["real", "scripted", "replay", "expert"]
-    tokenizer: Tokenizer
+
+    # Read-only members: a backend holds a narrower type as a plain attribute (`CharEstimate`, one member of
+    # Provenance), and a mutable protocol member would demand exactly the declared type (attributes are
+    # invariant); read-only ones accept any subtype.
+    @property
+    def provenance(self) -> Provenance: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
                  call: CallInfo | None = None) -> Completion: ...

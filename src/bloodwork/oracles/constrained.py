@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
@@ -34,9 +34,12 @@ import torch
 
 from bloodwork.isa import json_schema
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # declared in llguidance's stub only, not at runtime
+
 # Separators as `json.dumps` writes them and as ISA_PROMPT shows them, with no other whitespace: a model
 # fine-tuned on json.dumps output stays on its own distribution, and whitespace cannot be a loop.
-JSON_FORMAT: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+JSON_FORMAT: JsonCompileOptions = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # Tokens kept back for closing the frame: enough for the longest walk from inside `thought` to the final
 # brace (close it, an empty q_next, then SYS_EDIT's three fields, two of them non-empty). That walk is 38
 # tokens as the tokenizer splits it; a constrained model may take a few more (35 for SYS_EXEC's 30).

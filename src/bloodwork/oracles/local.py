@@ -11,10 +11,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bloodwork.chronos.run import Provenance
 from bloodwork.oracles.base import CallInfo, Completion, Message, OracleConfigError
 from bloodwork.oracles.decoding import Sampling
 from bloodwork.oracles.engine import Request, engine_for
@@ -76,7 +77,7 @@ def parse_spec(spec: str, rest: str) -> LocalSpec:
         if mod == "constrained":
             constrained = True
         elif mod in DTYPES:
-            dtype = mod  # type: ignore[assignment]  # narrowed by the membership test
+            dtype = mod  # narrowed to a Dtype by the membership test
         elif mod.startswith("lora=") and lora is None:
             lora = mod.removeprefix("lora=")
         elif lora is not None:
@@ -107,7 +108,7 @@ class HFTokenCounter:
 class LocalOracle:
     """An Oracle over the shared engine of its model; `constrained` masks every step to the frame schema."""
 
-    provenance: Literal["real"] = "real"
+    provenance = Provenance.REAL
 
     def __init__(self, spec: str, parsed: LocalSpec, options: LocalOptions) -> None:
         self.spec = spec

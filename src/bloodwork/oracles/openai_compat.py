@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bloodwork.chronos.run import Provenance
 from bloodwork.isa import json_schema
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, ErrorClass, Message, OracleConfigError
 
@@ -126,7 +127,7 @@ class _Attempt(Exception):
 
 
 class OpenAICompatOracle:
-    provenance: Literal["real"] = "real"
+    provenance = Provenance.REAL
 
     def __init__(self, spec: str, provider: str, model: str, **options: object) -> None:
         self.spec = spec

@@ -6,15 +6,15 @@ Errors and injected faults of the original calls are replayed too, so the kernel
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bloodwork.chronos.files import read_jsonl
-from bloodwork.chronos.run import RunPaths
+from bloodwork.chronos.run import Provenance, RunPaths
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message, OracleConfigError
 
 
 class ReplayOracle:
-    provenance: Literal["replay"] = "replay"
+    provenance = Provenance.REPLAY
 
     def __init__(self, spec: str, run_dir: str) -> None:
         self.spec = spec

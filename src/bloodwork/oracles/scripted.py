@@ -12,10 +12,11 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
+from bloodwork.chronos.run import Provenance
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message, OracleConfigError
 
 Policy = Callable[[CallInfo, list[Message]], str]
@@ -37,7 +38,7 @@ def load_policy(path: Path, name: str = "policy") -> Policy:
 
 
 class ScriptedOracle:
-    provenance: Literal["scripted"] = "scripted"
+    provenance = Provenance.SCRIPTED
 
     def __init__(self, spec: str, target: str) -> None:
         self.spec = spec

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from bloodwork._proc import pid_alive
 from bloodwork.chronos.files import sha256_file
 from bloodwork.oracles.base import OracleConfigError
 
@@ -97,7 +98,7 @@ def write_cache_atomically(target: Path, fill: Callable[[Path], None], meta: dic
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         pid = stale.name.rsplit("-", 2)[-2]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
+        if not pid.isdigit() or not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -113,16 +114,6 @@ def write_cache_atomically(target: Path, fill: Callable[[Path], None], meta: dic
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -192,14 +183,15 @@ def _load(gguf: Path, adapter: Path | None, dtype: Dtype) -> LoadedModel:
     start = time.perf_counter()
     root = cache_root()
     sha = gguf_sha256(gguf, root)
-    target: Path | None = cache_dir_for(sha, root)
-    from_cache = cache_is_valid(target)
+    cache = cache_dir_for(sha, root)
+    from_cache = cache_is_valid(cache)
+    target: Path | None = cache  # None when the cache cannot be written
     model = tokenizer = None
     if not from_cache:
         model, tokenizer = _from_gguf(gguf, transformers)
         meta = {"gguf": str(gguf), "gguf_sha256": sha, "transformers": transformers.__version__}
         try:
-            write_cache_atomically(target, lambda tmp: _save(model, tokenizer, tmp), meta)
+            write_cache_atomically(cache, lambda tmp: _save(model, tokenizer, tmp), meta)
         except OSError:
             target = None  # no writable cache: keep the model in memory, load from the GGUF next time
         else:
@@ -209,6 +201,7 @@ def _load(gguf: Path, adapter: Path | None, dtype: Dtype) -> LoadedModel:
     if model is None:
         model = transformers.AutoModelForCausalLM.from_pretrained(target)
         tokenizer = transformers.AutoTokenizer.from_pretrained(target)
+    assert tokenizer is not None  # loaded with the model, from the GGUF or the cache
     if adapter is not None:
         model = _attach_adapter(model, adapter)  # merged in float32, then cast with the rest
     model = model.to(getattr(torch, dtype)).eval()

@@ -91,7 +91,7 @@ def check(args: dict[str, Any]) -> dict[str, Any]:
         health_ok = status == 200 and json.loads(body).get("status") == "ok"
     except (ValueError, AttributeError):
         health_ok = False
-    out = {"health": {"ok": health_ok, "status": status, "answer": body[:300]}}
+    out: dict[str, Any] = {"health": {"ok": health_ok, "status": status, "answer": body[:300]}}
     key, value = args["roundtrip_key"], args["roundtrip_value"]
     put_status, put_body = call(port, "PUT", f"/kv/{key}", value.encode())
     got = value_of(*call(port, "GET", f"/kv/{key}"))
