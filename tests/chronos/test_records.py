@@ -137,3 +137,26 @@ def test_the_kernel_writes_the_recorded_expert_run_again(tmp_path):
     Kernel.create(load_task("long-haul/ledger"), make_oracle("expert:long-haul/ledger"), out_dir=tmp_path,
                   config=config, seed=3, chaos=load_profile("heavy"), run_id="a").run()
     _same_lines(FIXTURES / "ledger-expert-heavy.journal.log", tmp_path / "a" / ".journal.log")
+
+
+def test_runs_recorded_before_the_world_digest_are_still_read_and_resumed():
+    """This morning's format (v0.1): no world index in run_start, no `seen`/`world` per trace line, no
+    `batch_size` per call. It parses, and a resume judges its ticks by the op and the next slice's digest."""
+    from bloodwork.kernel.config import TrapConfig
+    from bloodwork.kernel.traps import Detectors
+
+    start = json.loads((FIXTURES / "garbage-died.journal.log").read_bytes().splitlines()[0])
+    del start["data"]["world_index"]
+    assert parse_event(start).data.world_index is None
+    old = []
+    for raw in (FIXTURES / "garbage-died.trace.jsonl").read_bytes().splitlines():
+        line = json.loads(raw)
+        del line["seen"], line["world"]
+        old.append(TraceRecord.model_validate(line))
+    detectors = Detectors(TrapConfig())
+    for rec in old:
+        detectors.replay_record(rec)
+    assert set(detectors.seen) <= {rec.next_digest for rec in old} and detectors.seen
+    dirty = json.loads((FIXTURES / "garbage-died.dirty_trace.jsonl").read_bytes().splitlines()[0])
+    del dirty["batch_size"]
+    assert DirtyRecord.model_validate(dirty).batch_size is None

@@ -39,7 +39,7 @@ class RunStartData(EventData):
     chaos: str
     panic_budget: int
     sandbox: str
-    world_index: str
+    world_index: str | None = None  # runs recorded before 2026-11-29 have no world index
 
 
 class ResumeData(EventData):
@@ -281,8 +281,10 @@ class TraceRecord(Record):
     blocked: bool
     progress: bool
     changed: bool
-    seen: str
-    world: tuple[str, str] = Field(description="the workspace digest before and after the tick")
+    # Both absent from runs recorded before the loop detectors judged the world (2026-11-29): such a tick's
+    # observation is its next slice, and its world one unknown state (`Detectors.replay_record`).
+    seen: str | None = None
+    world: tuple[str, str] | None = Field(default=None, description="the workspace digest before and after the tick")
     panic: str | None
     ts: float
 
@@ -309,7 +311,7 @@ class DirtyRecord(Record):
     completion_tokens: int | None
     retries: int
     finish_reason: str | None
-    batch_size: float | None
+    batch_size: float | None = None  # absent from calls recorded before the batching engine
     injected: list[dict[str, Any]]
     strict_ok: bool | None
     lenient_ok: bool | None

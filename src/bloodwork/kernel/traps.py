@@ -179,10 +179,15 @@ class Detectors:
         self.idle = 0
 
     def replay_record(self, rec: TraceRecord) -> None:
-        """Rebuild state from one committed trace record (resume)."""
+        """Rebuild state from one committed trace record (resume).
+
+        Records written before the world digest existed carry no `world`: their ops count as acting on
+        one unknown world state, i.e. they are judged by the op and the observation alone."""
         op = (rec.frame or {}).get("op")
-        act = Act(rec.tick, fingerprint(op), rec.world[0], rec.seen) if op and not rec.blocked else None
-        self.after(rec.tick, act, rec.seen, rec.progress)
+        seen = rec.seen or rec.next_digest
+        world = rec.world[0] if rec.world else ""
+        act = Act(rec.tick, fingerprint(op), world, seen) if op and not rec.blocked else None
+        self.after(rec.tick, act, seen, rec.progress)
         self.panic(rec.tick, [TrapKind(k) for k in rec.traps])
         if rec.panic:
             self.reset()
