@@ -19,13 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bloodwork.campaign.html import render_sweep
-from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events
 from bloodwork.chronos.records import RecoveryEvent, TrapEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, verify_run
 from bloodwork.cli import app
-from bloodwork.evidence.extract import answered_tick_calls, call_times
-from bloodwork.evidence.stats import Distribution, percentile, wilson
+from bloodwork.evidence.extract import answered_tick_calls, call_times, violation_rates
+from bloodwork.evidence.stats import Distribution, percentile
 
 # Piped into a log, rich would assume 80 columns and fold the run table into one-letter columns.
 console = Console(width=None if sys.stdout.isatty() else 220)
@@ -38,15 +37,15 @@ def summarize(run_dir: Path) -> dict[str, Any]:
     paths = RunPaths(run_dir)
     manifest = RunManifest.load(paths)
     events = read_events(paths.journal)
-    calls = answered_tick_calls(read_jsonl(paths.dirty))
+    calls = answered_tick_calls(run_dir)
     times = call_times(calls)
+    strict, lenient, _ = violation_rates(calls)
     mttr = [e.data.mttr_ticks for e in of_kind(events, RecoveryEvent)]
     traps = Counter(f"{e.data.kind}{'*' if e.data.injected else ''}" for e in of_kind(events, TrapEvent))
     return {"run": manifest.run_id, "status": manifest.status.value, "ticks": manifest.ticks,
             "cause": manifest.cause_of_death or "", "panics": sum(1 for e in events if e.kind == "panic"),
             "traps": ", ".join(f"{k} {v}" for k, v in traps.most_common()),
-            "strict": wilson(sum(not r["strict_ok"] for r in calls), len(calls)),
-            "lenient": wilson(sum(not r["lenient_ok"] for r in calls), len(calls)),
+            "strict": strict, "lenient": lenient,
             "model_ms": times.model_ms, "queued_ms": times.queued_ms,
             "mttr": percentile(mttr, 50), "verified": verify_run(paths).ok}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from bloodwork.chronos.files import sha256_file
 from bloodwork.evidence.extract import answered_tick_calls, call_times, extract
@@ -82,7 +83,7 @@ def test_replay_notices_a_divergence(runner, tmp_path):
     assert not report.same and report.first_divergence is not None
 
 
-def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time():
+def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time(tmp_path: Path):
     # two workers share one model: the second call waited 700 ms for the lock, then ran 300 ms
     calls = [
         {"provenance": "real", "latency_ms": 400.0, "queue_ms": 0.5, "batch_size": 1.0},
@@ -92,7 +93,12 @@ def test_call_times_split_the_wait_for_a_shared_model_from_the_model_time():
         {"provenance": "real", "latency_ms": 9000.0, "queue_ms": 0.0, "error": "timeout"},
         {"provenance": "real", "latency_ms": 5000.0, "queue_ms": 0.0, "purpose": "probe"},
     ]
-    times = call_times(answered_tick_calls(calls))
+    base = {"tick": 0, "purpose": "tick", "model": "m", "text": "{}", "error": None, "error_class": None,
+            "prompt_tokens": 1, "completion_tokens": 1, "retries": 0, "finish_reason": "stop", "injected": [],
+            "strict_ok": True, "lenient_ok": True, "violation": None, "lenient_violation": None, "ts": 0.0}
+    (tmp_path / "dirty_trace.jsonl").write_text("".join(json.dumps({**base, "call_index": i, **c}) + "\n"
+                                                        for i, c in enumerate(calls)))
+    times = call_times(answered_tick_calls(tmp_path))
     assert times.latency_ms.n == times.queued_ms.n == times.model_ms.n == 3
     assert times.latency_ms.max == 1000.0 and times.queued_ms.max == 700.0
     assert times.model_ms.max == 399.5 and sorted([times.model_ms.p50, times.model_ms.mean]) == [300.0, 316.5]

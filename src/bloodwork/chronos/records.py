@@ -305,8 +305,8 @@ class DirtyRecord(Record):
     error: str | None
     error_class: str | None
     latency_ms: float
-    ttft_ms: float | None
-    queue_ms: float | None
+    ttft_ms: float | None = None  # absent from calls recorded before the engine
+    queue_ms: float | None = None  # absent from calls recorded before the shared model's queue
     prompt_tokens: int | None
     completion_tokens: int | None
     retries: int

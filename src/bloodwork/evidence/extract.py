@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
 
-from bloodwork.chronos.files import read_jsonl, sha256_file
+from bloodwork.chronos.files import sha256_file
 from bloodwork.chronos.journal import Event, JournalHead, VerifyReport, verify
-from bloodwork.chronos.records import PanicEvent, of_kind
+from bloodwork.chronos.records import DirtyRecord, PanicEvent, iter_records, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, committed_head, find_runs, verified_events, verify_run
 from bloodwork.evidence.stats import Distribution, Rate, distribution, wilson
 
@@ -220,25 +219,26 @@ class SweepReport(BaseModel):
     journals_failing_verify: list[str]
 
 
-def answered_tick_calls(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The dirty-trace records of tick calls that got an answer (not probes, not failed calls)."""
-    return [r for r in records if r.get("purpose", "tick") == "tick" and not r.get("error")]
+def answered_tick_calls(run: Path) -> list[DirtyRecord]:
+    """A run's dirty-trace records of tick calls that got an answer (not probes, not failed calls)."""
+    return [r for r in iter_records(RunPaths(run).dirty, DirtyRecord) if r.purpose == "tick" and not r.error]
 
 
-def call_times(calls: list[dict[str, Any]]) -> CallTimes:
+def call_times(calls: list[DirtyRecord]) -> CallTimes:
     """Timings of the real-model calls among these (calls without a recorded queue wait count as 0)."""
-    real = [c for c in calls if c.get("provenance") == "real"]
-    latency = [c["latency_ms"] for c in real]
-    queued = [c.get("queue_ms") or 0.0 for c in real]
+    real = [c for c in calls if c.provenance == "real"]
+    latency = [c.latency_ms for c in real]
+    queued = [c.queue_ms or 0.0 for c in real]
     return CallTimes(latency_ms=distribution(latency), queued_ms=distribution(queued),
                      model_ms=distribution([round(t - q, 3) for t, q in zip(latency, queued, strict=True)]),
-                     batch_size=distribution([c["batch_size"] for c in real if c.get("batch_size") is not None]))
+                     batch_size=distribution([c.batch_size for c in real if c.batch_size is not None]))
 
 
-def _violations(calls: list[dict[str, Any]]) -> tuple[Rate, Rate, dict[str, int]]:
-    classes = Counter(c["violation"] for c in calls if c.get("violation"))
-    return (wilson(sum(not c["strict_ok"] for c in calls), len(calls)),
-            wilson(sum(not c["lenient_ok"] for c in calls), len(calls)), dict(classes.most_common()))
+def violation_rates(calls: list[DirtyRecord]) -> tuple[Rate, Rate, dict[str, int]]:
+    """Strict and lenient violation rates of answered calls, and the strict violations by class."""
+    classes = Counter(c.violation for c in calls if c.violation)
+    return (wilson(sum(not c.strict_ok for c in calls), len(calls)),
+            wilson(sum(not c.lenient_ok for c in calls), len(calls)), dict(classes.most_common()))
 
 
 def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
@@ -281,8 +281,8 @@ def extract(inputs: list[Path], out: Path, generator: str) -> SweepReport:
     recoveries = [e for e in all_events if e.event == "recovery"]
     panics = [e for e in all_events if e.event == "panic"]
     run_dirs = [Path(s.path) for s in summaries]
-    calls = [c for run in run_dirs for c in answered_tick_calls(read_jsonl(run / "dirty_trace.jsonl"))]
-    strict, lenient, classes = _violations(calls)
+    calls = [c for run in run_dirs for c in answered_tick_calls(run)]
+    strict, lenient, classes = violation_rates(calls)
     report = SweepReport(
         generator=generator, runs=len(summaries), provenance=dict(Counter(s.provenance for s in summaries)),
         runs_by_status=dict(Counter(s.status for s in summaries).most_common()), deaths=deaths,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bloodwork.chronos.files import read_jsonl
+from bloodwork.chronos.records import DirtyRecord, iter_records
 from bloodwork.chronos.run import Provenance, RunPaths
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message, OracleConfigError
 
@@ -24,9 +24,9 @@ class ReplayOracle:
             raise OracleConfigError(f"{run_dir} is not a run directory (no dirty_trace.jsonl)")
         self.source = str(paths.root.resolve())
         self.spec = f"replay:{self.source}"
-        records = read_jsonl(paths.dirty)
-        self._by_call = {r["call_index"]: r for r in records if r.get("purpose", "tick") == "tick"}
-        self._probes = {r["tick"]: r for r in records if r.get("purpose") == "probe"}
+        records = list(iter_records(paths.dirty, DirtyRecord))
+        self._by_call = {r.call_index: r for r in records if r.purpose == "tick"}
+        self._probes = {r.tick: r for r in records if r.purpose == "probe"}
 
     def complete(self, messages: list[Message], schema: dict[str, Any] | None = None, *,
                  call: CallInfo | None = None) -> Completion:
@@ -34,10 +34,9 @@ class ReplayOracle:
         rec = self._probes.get(call.tick) if call and call.purpose == "probe" else self._by_call.get(index)
         if rec is None:
             return Completion(error=f"recorded run has no call {index}", error_class="exhausted")
-        return Completion(text=rec.get("text", ""), latency_ms=0.0, error=rec.get("error"),
-                          error_class=rec.get("error_class"), prompt_tokens=rec.get("prompt_tokens"),
-                          completion_tokens=rec.get("completion_tokens"),
-                          injected=[{**i, "replayed": True} for i in rec.get("injected", [])])
+        return Completion(text=rec.text, latency_ms=0.0, error=rec.error, error_class=rec.error_class,  # type: ignore[arg-type]
+                          prompt_tokens=rec.prompt_tokens, completion_tokens=rec.completion_tokens,
+                          injected=[{**i, "replayed": True} for i in rec.injected])
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "replay", "source_run": self.source, "calls": len(self._by_call)}

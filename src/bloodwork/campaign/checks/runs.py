@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import Field
 
 from bloodwork.campaign.checks.base import CheckArgs, CheckContext, check, select_runs
-from bloodwork.chronos.files import read_jsonl
 from bloodwork.chronos.journal import read_events, verify
 from bloodwork.chronos.records import ChaosEvent, DeathEvent, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths
@@ -186,8 +185,8 @@ def profile_informative(a: ValidArgs, ctx: CheckContext) -> tuple[bool, Any, str
     for run in runs:
         paths = RunPaths(run)
         m = RunManifest.load(paths)
-        calls = answered_tick_calls(read_jsonl(paths.dirty))
-        valid = sum(1 for c in calls if c.get("strict_ok")) / len(calls) if calls else 0.0
+        calls = answered_tick_calls(run)
+        valid = sum(1 for c in calls if c.strict_ok) / len(calls) if calls else 0.0
         policy = str(m.config.get("context", {}).get("policy"))
         ok = m.ticks >= a.min_ticks and valid >= a.min_valid
         per_run[m.run_id] = {"policy": policy, "seed": m.seed, "ticks": m.ticks, "valid": round(valid, 4), "ok": ok}
