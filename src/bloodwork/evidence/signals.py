@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from bloodwork.chronos.files import load_blobs, read_jsonl
-from bloodwork.chronos.records import EvictEvent, ProbeEvent, TickEvent, of_kind
+from bloodwork.chronos.records import EvictEvent, ProbeEvent, TickEvent, TraceRecord, iter_records, of_kind
 from bloodwork.chronos.run import RunManifest, RunPaths, verified_events
 from bloodwork.evidence.probes import ProbeScore, SemanticInfo, score_probes
 from bloodwork.prompts import GOAL_PREFIX, START_LISTING
@@ -166,23 +166,23 @@ def _start_files(tail: str) -> list[str]:
     return sorted(files)
 
 
-def _content_paths(trace: dict[str, Any]) -> tuple[str | None, str | None]:
+def _content_paths(trace: TraceRecord) -> tuple[str | None, str | None]:
     """The path whose content a tick's history entry carries: (its slice's, its action's)."""
-    d = str(trace.get("d") or "")
+    d = trace.d
     shown = norm_path(d) if d and "://" not in d else None
-    op = (trace.get("frame") or {}).get("op") or {}
+    op = (trace.frame or {}).get("op") or {}
     written = norm_path(op["path"]) if op.get("name") == "SYS_WRITE" else None
     return shown, written
 
 
-def _refetches(trace: dict[int, dict[str, Any]], ctx: dict[int, dict[str, Any]]) -> set[int]:
+def _refetches(trace: dict[int, TraceRecord], ctx: dict[int, dict[str, Any]]) -> set[int]:
     """O(1) a read: a path is still visible when its latest write, or its latest unmasked slice, is in the span
     (the span is contiguous and holds the newest entries, so an older showing is out whenever a newer one is)."""
     last_shown: dict[str, int] = {}
     last_written: dict[str, int] = {}
     out: set[int] = set()
     for t in sorted(trace):
-        op = (trace[t].get("frame") or {}).get("op") or {}
+        op = (trace[t].frame or {}).get("op") or {}
         shown_now, written_now = _content_paths(trace[t])
         if op.get("name") == "SYS_READ" and t in ctx:
             target = norm_path(op["path"])
@@ -207,7 +207,7 @@ def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
     journal_ok = report.ok
     blobs = load_blobs(paths.blobs)
     ctx = {r["tick"]: r for r in read_jsonl(paths.context_ticks)}
-    trace = {r["tick"]: r for r in read_jsonl(paths.trace)}
+    trace = {r.tick: r for r in iter_records(paths.trace, TraceRecord)}
     goal_rec = next((r for r in ctx.values() if r.get("goal")), None)
     if goal_rec is None:
         raise ValueError(f"{run}: no tick's context holds the goal")
@@ -230,8 +230,8 @@ def read_run(run: Path, *, semantic: bool = True) -> RunSignals:
 
     ticks = []
     for t in sorted(tick_events):
-        rec, td, tr = ctx.get(t, {}), tick_events[t], committed.get(t, {})
-        op = (tr.get("frame") or {}).get("op")
+        rec, td, tr = ctx.get(t, {}), tick_events[t], committed.get(t)
+        op = (tr.frame or {}).get("op") if tr else None
         span = rec.get("history")
         ticks.append(TickSignals(
             tick=t, tokens={s: int(rec.get("tokens", {}).get(s, 0)) for s in SECTIONS},
