@@ -277,7 +277,8 @@ def test_interrupted_runs_resume_from_the_furthest_copy(cluster: Cluster, tmp_pa
     import psutil
 
     task = quick_task(tmp_path)
-    policy = write_policy(tmp_path, delay=0.3, halt_at=999)
+    # 18 s a run: a loaded machine's Ray may report a start late, and the run must still be going then
+    policy = write_policy(tmp_path, delay=0.6, halt_at=999)
     out = tmp_path / "sweep"
     args = ["sweep", "--engine", "ray", "--tasks", str(task), "--models", f"scripted:{policy}", "--chaos", "off",
             "--seeds", "0-1", "--ticks", "30", "--out", str(out)]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from bloodwork.chronos.context_log import messages_at
+from bloodwork.chronos.records import DirtyRecord
 from bloodwork.evidence.extract import call_times
 from bloodwork.isa import parse
 from bloodwork.oracles import make_oracle
@@ -145,8 +146,11 @@ def test_queue_model_time_and_batch_size_are_attributed(oracle: LocalOracle, rec
     together = oracle.engine.generate_many(requests)
     assert all(c.batch_size > 1 and c.queue_ms < c.ttft_ms <= c.latency_ms for c in together)
     for calls in ((a, b), together):
-        records = [{"provenance": "real", "latency_ms": c.latency_ms, "queue_ms": c.queue_ms,
-                    "batch_size": c.batch_size} for c in calls]
+        records = [DirtyRecord(tick=0, call_index=i, purpose="tick", provenance="real", model="m", text="", error=None,
+                               error_class=None, latency_ms=c.latency_ms, queue_ms=c.queue_ms, prompt_tokens=None,
+                               completion_tokens=None, retries=0, finish_reason=None, batch_size=c.batch_size,
+                               injected=[], strict_ok=True, lenient_ok=True, violation=None, lenient_violation=None,
+                               ts=0.0) for i, c in enumerate(calls)]
         times = call_times(records)
         assert times.queued_ms.max == max(c.queue_ms for c in calls)
         assert times.model_ms.max == pytest.approx(max(c.latency_ms - c.queue_ms for c in calls), abs=0.01)
