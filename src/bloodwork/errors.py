@@ -12,12 +12,25 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 
 class BloodworkError(Exception):
     """A mistake the user can fix from the message alone: one line, exit 2 on the command line."""
+
+
+def read_yaml(path: Path, error: type[BloodworkError]) -> Any:
+    """A user's YAML file, or `error` with one line: it cannot be read, or it is not YAML (the parser's
+    first line, which names where)."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror})") from err
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
 
 
 def describe(err: ValidationError, subject: str = "") -> str:

@@ -100,7 +100,7 @@ def test_bad_instance_file_is_one_typed_line(tmp_path: Path, change: dict[str, o
 
 
 def test_unreadable_or_broken_yaml_is_one_typed_line(tmp_path: Path) -> None:
-    with pytest.raises(InstanceError, match="cannot read"):
+    with pytest.raises(InstanceError, match="cannot be read"):
         load_instance_file(tmp_path / "missing.yaml")
     with pytest.raises(InstanceError, match="not valid YAML") as err:
         load_instance_file(_write(tmp_path / "bad.yaml", "a: [1,\n"))

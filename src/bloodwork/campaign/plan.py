@@ -36,11 +36,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bloodwork.campaign.checks import CHECKS, CheckError
-from bloodwork.errors import BloodworkError, describe
+from bloodwork.errors import BloodworkError, describe, read_yaml
 
 PLANS_PACKAGE = "bloodwork.campaign"
 PLANS_DIR = "plans"
@@ -215,12 +214,7 @@ def resolve_plan(name_or_path: str) -> Path:
 
 
 def load_plan(path: Path) -> Plan:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise PlanError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
-    except OSError as err:
-        raise PlanError(f"{path}: cannot be read ({err.strerror})") from err
+    data = read_yaml(path, PlanError)
     if not isinstance(data, dict):
         raise PlanError(f"{path}: a plan must be a mapping")
     try:

@@ -7,11 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bloodwork.context.builder import ContextConfig
-from bloodwork.errors import BloodworkError
+from bloodwork.errors import BloodworkError, read_yaml
 from bloodwork.manifold.runner import Limits
 
 
@@ -107,12 +106,7 @@ def load_config(file: Path | None = None, *, flags: Mapping[str, Any] | None = N
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(file.read_text())
-    except OSError as err:
-        raise ConfigError(f"kernel config {file}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML ({str(err).splitlines()[0]})") from err
+    data = read_yaml(file, ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

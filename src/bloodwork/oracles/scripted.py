@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bloodwork.chronos.run import Provenance
+from bloodwork.errors import read_yaml
 from bloodwork.oracles.base import CallInfo, CharEstimate, Completion, Message, OracleConfigError
 
 Policy = Callable[[CallInfo, list[Message]], str]
@@ -56,10 +55,7 @@ class ScriptedOracle:
         if path.suffix == ".py":
             self._policy = load_policy(path, fn or "policy")
         else:
-            try:
-                data = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as err:
-                raise OracleConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from err
+            data = read_yaml(path, OracleConfigError)
             if not isinstance(data, list):
                 raise OracleConfigError(f"{path} must be a YAML list of replies")
             self._replies = [item if isinstance(item, str) else json.dumps(item) for item in data]

@@ -23,10 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bloodwork.errors import describe
+from bloodwork.errors import describe, read_yaml
 from bloodwork.tasks.base import CommandRunnerLike, TaskError, VerifierResult
 from bloodwork.tasks.hidden_tests import verify_folder
 
@@ -59,11 +58,9 @@ class FolderTask:
         spec_path = folder / "task.yaml"
         if not spec_path.is_file():
             raise TaskError(f"{folder} has no task.yaml")
+        raw = read_yaml(spec_path, TaskError)
         try:
-            raw = yaml.safe_load(spec_path.read_text())
             self.spec = TaskFile.model_validate(raw)
-        except yaml.YAMLError as err:
-            raise TaskError(f"{spec_path}: not valid YAML ({str(err).splitlines()[0]})") from err
         except ValidationError as err:
             raise TaskError(f"{spec_path}: {describe(err, 'task')}") from err
         self.id = self.spec.id

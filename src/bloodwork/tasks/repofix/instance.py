@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from bloodwork.errors import describe
+from bloodwork.errors import describe, read_yaml
 from bloodwork.tasks.base import TaskError
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "builtin" / "repo-fix"
@@ -219,12 +219,7 @@ def load_instance_file(path: Path) -> RepoFixInstance:
     """One instance from a YAML or JSON file, or from a task folder holding `instance.yaml`."""
     if path.is_dir():
         path = path / INSTANCE_FILE
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise InstanceError(f"{path}: cannot read ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise InstanceError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    data = read_yaml(path, InstanceError)
     inst = parse_instance(data, str(path))
     inst._folder = path.resolve().parent
     return inst
