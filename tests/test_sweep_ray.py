@@ -284,7 +284,7 @@ def test_interrupted_runs_resume_from_the_furthest_copy(cluster: Cluster, tmp_pa
             "--seeds", "0-1", "--ticks", "30", "--out", str(out)]
     grid = cells(SweepSpec(tasks=[str(task)], models=[f"scripted:{policy}"], chaos=["off"], seeds=[0, 1], ticks=30))
 
-    proc = _start_when_runs_go(args, out, starts=1)
+    proc = _start_when_runs_go(args, out, starts=1, scratch=tmp_path / "scratch")
     ours = lambda: [p for p in psutil.process_iter(["name"]) if _sid(p.pid) == proc.pid]  # noqa: E731
     assert any("raylet" in (p.info["name"] or "") for p in ours()), "the command started no Ray instance"
     proc.send_signal(signal.SIGINT)
@@ -322,15 +322,26 @@ def test_interrupted_runs_resume_from_the_furthest_copy(cluster: Cluster, tmp_pa
         assert manifest.resumes == (2 if cell.cell_id in interrupted else 1)
 
 
-def _start_when_runs_go(args: list[str], out: Path, *, starts: int) -> subprocess.Popen[str]:
-    """Start the CLI in a session of its own; return once `starts` attempts began and ran a few ticks."""
+def _committed_in(scratch: Path) -> int:
+    """Runs under a node scratch folder that committed a tick."""
+    return sum(1 for r in scratch.glob("bloodwork-ray/*/*/runs/*/registers.json") if r.stat().st_size)
+
+
+def _start_when_runs_go(args: list[str], out: Path, *, starts: int, scratch: Path | None = None
+                        ) -> subprocess.Popen[str]:
+    """Start the CLI in a session of its own; return once `starts` attempts began and ran a few ticks. With
+    `scratch` (the command's own Ray instance keeps its runs there), a run that committed a tick counts as
+    begun too: on a loaded machine the driver may log a start only when the run has ended."""
     env = {**os.environ, "COLUMNS": "250"}
     env.pop("RAY_ADDRESS", None)
+    if scratch is not None:
+        env["BLOODWORK_RAY_SCRATCH"] = str(scratch)
     proc = subprocess.Popen([sys.executable, "-m", "bloodwork.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
-        while len([r for r in _maybe_attempts(out) if r["event"] == "start"]) < starts:
+        while (len([r for r in _maybe_attempts(out) if r["event"] == "start"]) < starts
+               and (scratch is None or _committed_in(scratch) < starts)):
             assert proc.poll() is None, proc.communicate()[0][-2000:]
             assert time.monotonic() < deadline, "the runs did not start"
             time.sleep(0.3)
