@@ -336,8 +336,10 @@ def _start_when_runs_go(args: list[str], out: Path, *, starts: int, scratch: Pat
     env.pop("RAY_ADDRESS", None)
     if scratch is not None:
         env["BLOODWORK_RAY_SCRATCH"] = str(scratch)
+    # SIGINT as a terminal has it: an earlier in-process test may leave it ignored, and children inherit that
     proc = subprocess.Popen([sys.executable, "-m", "bloodwork.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     try:
         while (len([r for r in _maybe_attempts(out) if r["event"] == "start"]) < starts
