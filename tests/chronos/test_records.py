@@ -33,7 +33,7 @@ from tests.conftest import requires_bwrap
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "records"
 PROFILES = Path(__file__).parent.parent.parent / "src" / "bloodwork" / "chaos" / "profiles"
-JOURNALS = sorted(FIXTURES.glob("*.journal.log"))
+JOURNALS = sorted(FIXTURES.glob("*.journal.jsonl"))
 
 
 @pytest.mark.parametrize("journal", JOURNALS, ids=lambda p: p.name)
@@ -54,7 +54,7 @@ def test_the_fixtures_hold_every_kind_but_crash():
 def test_the_recorded_journal_still_verifies_against_its_committed_head():
     registers = json.loads((FIXTURES / "garbage-died.registers.json").read_text())
     head = JournalHead(seq=registers["journal_seq"] - 1, hash=registers["journal_prev"])
-    report = verify(FIXTURES / "garbage-died.journal.log", head)
+    report = verify(FIXTURES / "garbage-died.journal.jsonl", head)
     assert report.ok and report.events == 34
 
 
@@ -68,7 +68,7 @@ def test_trace_and_dirty_records_reserialize_to_their_bytes(name, model):
 
 
 def test_a_line_of_an_unknown_kind_or_with_a_stray_key_is_refused():
-    line = json.loads((FIXTURES / "garbage-died.journal.log").read_bytes().splitlines()[1])
+    line = json.loads((FIXTURES / "garbage-died.journal.jsonl").read_bytes().splitlines()[1])
     assert isinstance(parse_event(line), TrapEvent) or parse_event(line).kind != "trap"
     with pytest.raises(ValidationError):
         parse_event({**line, "kind": "teleport"})
@@ -79,7 +79,8 @@ def test_a_line_of_an_unknown_kind_or_with_a_stray_key_is_refused():
 
 
 def test_of_kind_selects_and_types_one_kind():
-    events = [parse_event(json.loads(raw)) for raw in (FIXTURES / "garbage-died.journal.log").read_bytes().splitlines()]
+    raws = (FIXTURES / "garbage-died.journal.jsonl").read_bytes().splitlines()
+    events = [parse_event(json.loads(raw)) for raw in raws]
     traps = of_kind(events, TrapEvent)
     assert len(traps) == 9 and all(t.kind == "trap" for t in traps)
     assert traps[0].data.kind == "PAGE_FAULT" and not traps[0].data.injected
@@ -124,7 +125,8 @@ def test_the_kernel_writes_the_recorded_scripted_run_again(tmp_path):
     Kernel.create(load_task("long-haul/ledger"), make_oracle(script), out_dir=tmp_path, config=config, seed=1,
                   chaos=chaos, run_id="b").run()
     Kernel.resume(tmp_path / "b", load_task("long-haul/ledger"), make_oracle(script), max_ticks=30).run()
-    for recorded, written in (("garbage-died.journal.log", ".journal.log"), ("garbage-died.trace.jsonl", "trace.jsonl"),
+    for recorded, written in (("garbage-died.journal.jsonl", ".journal.log"),
+                              ("garbage-died.trace.jsonl", "trace.jsonl"),
                               ("garbage-died.dirty_trace.jsonl", "dirty_trace.jsonl")):
         _same_lines(FIXTURES / recorded, tmp_path / "b" / written)
     assert verify(tmp_path / "b" / ".journal.log").ok
@@ -136,7 +138,7 @@ def test_the_kernel_writes_the_recorded_expert_run_again(tmp_path):
     config = KernelConfig.model_validate({"max_ticks": 14, "probe_every": 6, "context": {"budget_tokens": 1200}})
     Kernel.create(load_task("long-haul/ledger"), make_oracle("expert:long-haul/ledger"), out_dir=tmp_path,
                   config=config, seed=3, chaos=load_profile("heavy"), run_id="a").run()
-    _same_lines(FIXTURES / "ledger-expert-heavy.journal.log", tmp_path / "a" / ".journal.log")
+    _same_lines(FIXTURES / "ledger-expert-heavy.journal.jsonl", tmp_path / "a" / ".journal.log")
 
 
 def test_runs_recorded_before_the_world_digest_are_still_read_and_resumed():
@@ -145,7 +147,7 @@ def test_runs_recorded_before_the_world_digest_are_still_read_and_resumed():
     from bloodwork.kernel.config import TrapConfig
     from bloodwork.kernel.traps import Detectors
 
-    start = json.loads((FIXTURES / "garbage-died.journal.log").read_bytes().splitlines()[0])
+    start = json.loads((FIXTURES / "garbage-died.journal.jsonl").read_bytes().splitlines()[0])
     del start["data"]["world_index"]
     assert parse_event(start).data.world_index is None
     old = []
